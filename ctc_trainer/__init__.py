@@ -1,0 +1,1 @@
+"""ctc_trainer: train CTC sequence recognizers with a pure TensorFlow 2 loop."""

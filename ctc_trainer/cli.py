@@ -1,0 +1,57 @@
+"""What the entry points share: writing and reading a run's flags, clean errors."""
+
+import functools
+import os
+import sys
+
+from absl import flags, logging
+
+from ctc_trainer import config
+from ctc_trainer.charset import CharsetError
+from ctc_trainer.checkpoints import CheckpointError
+from ctc_trainer.data.sources import DataError
+
+# Errors a user causes with bad flags, data or workdirs: one clear line, no trace.
+USER_ERRORS = (config.ConfigError, CharsetError, CheckpointError, DataError, OSError)
+
+FLAGS_FILE = "flags.cfg"
+
+
+def write_flags(workdir: str) -> str:
+  """Writes the effective ctc_trainer flags to WORKDIR/flags.cfg; returns the path.
+
+  `--flagfile=WORKDIR/flags.cfg` then reproduces the run.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  lines = [f"# Effective flags of this run. Reproduce: python -m ctc_trainer.train "
+           f"--flagfile={os.path.join(workdir, FLAGS_FILE)}"]
+  for flag in flags.FLAGS.get_flags_for_module(config.__name__):
+    if flag.value is not None:
+      lines.append(flag.serialize())
+  path = os.path.join(workdir, FLAGS_FILE)
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+  os.replace(path + ".tmp", path)
+  return path
+
+
+def apply_workdir_flags(argv) -> None:
+  """Re-parses flags as WORKDIR/flags.cfg followed by the command line, so a run's
+  own settings are the defaults and anything given on the command line wins."""
+  path = os.path.join(os.path.expanduser(flags.FLAGS.workdir), FLAGS_FILE)
+  if not os.path.exists(path):
+    raise config.ConfigError(f"{path} not found: --workdir must be a training run")
+  flags.FLAGS([argv[0], f"--flagfile={path}"] + list(argv[1:]))
+
+
+def exit_on_user_error(main):
+  """Wraps an entry point's main: user errors print one line and exit with status 2."""
+  @functools.wraps(main)
+  def wrapped(argv):
+    try:
+      return main(argv)
+    except USER_ERRORS as e:
+      logging.error("%s: %s", type(e).__name__, e)
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
+  return wrapped

@@ -1,0 +1,76 @@
+"""CTC loss and decoders. Blank is id 0 here as everywhere in ctc_trainer.
+
+tf.nn.ctc_beam_search_decoder is the one TensorFlow op that insists on the blank being
+the last class; `beam_search_decode` moves it there and back, and nothing else in the
+framework knows about that.
+"""
+
+from typing import List, Tuple
+
+import tensorflow as tf
+
+from ctc_trainer.charset import BLANK_ID
+
+
+def required_frames(labels: tf.Tensor, label_length: tf.Tensor) -> tf.Tensor:
+  """Fewest frames CTC needs per label: its length plus one blank per repeated pair.
+
+  labels: int32 [B, L] padded; label_length: int32 [B] -> int32 [B].
+  """
+  valid = tf.sequence_mask(label_length - 1, tf.shape(labels)[1] - 1)
+  repeats = tf.logical_and(tf.equal(labels[:, 1:], labels[:, :-1]), valid)
+  return label_length + tf.reduce_sum(tf.cast(repeats, tf.int32), axis=1)
+
+
+def ctc_loss(labels: tf.Tensor, label_length: tf.Tensor, logits: tf.Tensor,
+             logit_length: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+  """Per-example CTC negative log-likelihood, with impossible labels masked out.
+
+  labels: int32 [B, L]; label_length: int32 [B]; logits: [B, T, C] (any float dtype,
+  computed in float32); logit_length: int32 [B].
+  Returns (loss float32 [B], feasible bool [B]). An infeasible example (label needs
+  more frames than the model produced) gets loss 0 and no gradient instead of inf:
+  it is fed to the op as an empty label so that no inf or NaN enters the gradient.
+  """
+  feasible = required_frames(labels, label_length) <= logit_length
+  safe_length = tf.where(feasible, label_length, tf.zeros_like(label_length))
+  loss = tf.nn.ctc_loss(
+      labels=labels, logits=tf.cast(logits, tf.float32), label_length=safe_length,
+      logit_length=logit_length, logits_time_major=False, blank_index=BLANK_ID)
+  return tf.where(feasible, loss, tf.zeros_like(loss)), feasible
+
+
+def greedy_decode(logits: tf.Tensor, logit_length: tf.Tensor) -> tf.RaggedTensor:
+  """Best path: argmax per frame, merge repeats, drop blanks.
+
+  logits: [B, T, C]; logit_length: int32 [B] -> ids int32 ragged [B, (L)].
+  """
+  decoded, _ = tf.nn.ctc_greedy_decoder(
+      tf.transpose(tf.cast(logits, tf.float32), [1, 0, 2]), logit_length,
+      merge_repeated=True, blank_index=BLANK_ID)
+  return _to_ragged(decoded[0], tf.shape(logits)[0])
+
+
+def beam_search_decode(logits: tf.Tensor, logit_length: tf.Tensor, beam_width: int,
+                       top_paths: int = 1) -> Tuple[List[tf.RaggedTensor], tf.Tensor]:
+  """Beam search over the CTC prefix tree.
+
+  logits: [B, T, C] with blank 0; logit_length: int32 [B].
+  Returns (top_paths ragged int32 [B, (L)] ids, best first; log_probs float32
+  [B, top_paths]).
+  """
+  log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32))
+  # The op's blank is the last class: rotate class 0 to the end, shift ids back after.
+  rotated = tf.concat([log_probs[..., 1:], log_probs[..., :1]], axis=-1)
+  decoded, scores = tf.nn.ctc_beam_search_decoder(
+      tf.transpose(rotated, [1, 0, 2]), logit_length, beam_width=beam_width,
+      top_paths=top_paths)
+  batch = tf.shape(logits)[0]
+  return [_to_ragged(d, batch) + 1 for d in decoded], scores
+
+
+def _to_ragged(sparse: tf.SparseTensor, batch: tf.Tensor) -> tf.RaggedTensor:
+  # The decoders' dense_shape covers only rows up to the last non-empty one.
+  sparse = tf.SparseTensor(sparse.indices, tf.cast(sparse.values, tf.int32),
+                           tf.stack([tf.cast(batch, tf.int64), sparse.dense_shape[1]]))
+  return tf.RaggedTensor.from_sparse(sparse)

@@ -1,0 +1,1 @@
+"""Data: sample sources, image preprocessing, synthetic data, tf.data pipelines."""

@@ -1,0 +1,62 @@
+"""Image preprocessing: the one implementation shared by training, eval and export.
+
+An encoded PNG/JPEG/BMP/GIF becomes a float32 image of fixed height, its width scaled
+to keep the aspect ratio, with values in [0, 1] inverted so that ink is bright and the
+paper is 0. Zero padding to the right of a line then looks like more paper.
+"""
+
+from typing import Tuple
+
+import tensorflow as tf
+
+# For each decoded channel count c (1 gray, 2 gray+alpha, 3 RGB, 4 RGBA), the indices
+# into [channels..., ones] that give R, G, B, A. Row 0 is unused: decode never gives 0.
+_TO_RGBA = tf.constant([[0, 0, 0, 0], [0, 0, 0, 1], [0, 0, 0, 1], [0, 1, 2, 3],
+                        [0, 1, 2, 3]], tf.int32)
+# ITU-R 601 luma weights, normalised so that white stays exactly white.
+_LUMA = tf.constant([0.2989, 0.5870, 0.1140], tf.float32) / 0.9999
+
+
+def decode_image(encoded: tf.Tensor, channels: int) -> tf.Tensor:
+  """Decodes any supported image to float32 [h, w, channels] in [0, 1], 1 = white.
+
+  Gray, gray+alpha, RGB, RGBA, palette and 16-bit PNGs all work: decoding to float32
+  keeps the full 16-bit precision, and transparency is composited onto white paper.
+  """
+  image = tf.io.decode_image(encoded, dtype=tf.float32, expand_animations=False)
+  with_ones = tf.concat([image, tf.ones_like(image[..., :1])], axis=-1)
+  rgba = tf.gather(with_ones, _TO_RGBA[tf.shape(image)[-1]], axis=-1)
+  rgb, alpha = rgba[..., :3], rgba[..., 3:]
+  rgb = rgb * alpha + (1.0 - alpha)
+  if channels == 1:
+    return tf.clip_by_value(tf.tensordot(rgb, _LUMA, axes=1)[..., None], 0.0, 1.0)
+  if channels == 3:
+    return rgb
+  raise ValueError(f"channels must be 1 or 3, got {channels}")
+
+
+def resized_width(height: tf.Tensor, width: tf.Tensor, target_height: int,
+                  max_width: int) -> tf.Tensor:
+  """int32 scalar: max(1, round(width * target_height / height)), at most max_width."""
+  scaled = tf.cast(width, tf.float64) * target_height / tf.cast(height, tf.float64)
+  scaled = tf.cast(tf.round(scaled), tf.int32)
+  return tf.clip_by_value(scaled, 1, max_width)
+
+
+def decode_and_resize(encoded: tf.Tensor, height: int, channels: int,
+                      max_width: int) -> Tuple[tf.Tensor, tf.Tensor]:
+  """Encoded image bytes -> (image float32 [height, W, channels], W int32 scalar).
+
+  W is the width after resizing to `height` with the aspect ratio kept (at most
+  `max_width`). Values are 1 - intensity: ink bright, background 0. Works eagerly,
+  in tf.function and in tf.data.Dataset.map. Raises InvalidArgumentError when the
+  bytes are not a decodable image.
+  """
+  image = decode_image(encoded, channels)
+  shape = tf.shape(image)
+  width = resized_width(shape[0], shape[1], height, max_width)
+  # Antialiasing matters when shrinking: without it thin strokes alias away.
+  image = tf.image.resize(image, tf.stack([height, width]), antialias=True)
+  image = 1.0 - tf.clip_by_value(image, 0.0, 1.0)
+  image = tf.ensure_shape(image, [height, None, channels])
+  return image, width

@@ -1,0 +1,53 @@
+"""TensorBoard output: scalars, text tables of eval samples, input images."""
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+
+def write_scalars(writer, step: int, prefix: str, values: Mapping[str, float]) -> None:
+  with writer.as_default(step=step):
+    for name, value in values.items():
+      tf.summary.scalar(f"{prefix}/{name}", value)
+
+
+def _cell(text: str) -> str:
+  return text.replace("|", "\\|").replace("\n", " ") or "∅"
+
+
+def samples_table(keys: Sequence[str], truths: Sequence[str],
+                  greedy: Sequence[str], beam: Sequence[str]) -> str:
+  """A markdown table: key | truth | greedy | beam, one row per sample."""
+  rows = ["| key | truth | greedy | beam |", "|---|---|---|---|"]
+  for k, t, g, b in zip(keys, truths, greedy, beam):
+    rows.append(f"| {_cell(k)} | {_cell(t)} | {_cell(g)} | {_cell(b)} |")
+  return "\n".join(rows)
+
+
+def write_samples(writer, step: int, prefix: str, batch, samples, num_text: int,
+                  num_images: int) -> None:
+  """batch: the host-side eval batch dict; samples: {'greedy', 'beam'} string [B]."""
+  strings = lambda t, n: [s.decode("utf-8", "replace") for s in t.numpy()[:n]]
+  with writer.as_default(step=step):
+    if num_text:
+      tf.summary.text(f"{prefix}/samples", samples_table(
+          strings(batch["key"], num_text), strings(batch["text"], num_text),
+          strings(samples["greedy"], num_text), strings(samples["beam"], num_text)))
+    if num_images:
+      # Inputs are ink-bright on zero; flip back to dark ink on light paper.
+      images = 1.0 - batch["inputs"][:num_images]
+      beam = strings(samples["beam"], num_images)
+      tf.summary.image(f"{prefix}/inputs", images, max_outputs=num_images,
+                       description="beam: " + " · ".join(beam))
+
+
+def format_duration(seconds: float) -> str:
+  seconds = int(max(0, seconds))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def mean(values) -> float:
+  return float(np.mean(values)) if len(values) else 0.0

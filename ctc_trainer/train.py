@@ -1,0 +1,25 @@
+"""Train a CTC recognizer.
+
+  python -m ctc_trainer.train --flagfile=configs/demo_ocr.cfg --workdir=runs/demo
+
+Flags are defined in ctc_trainer/config.py (`--helpfull` lists them). The run resumes
+automatically from the latest checkpoint in --workdir.
+"""
+
+from absl import app, logging
+
+from ctc_trainer import cli, config, loop
+
+
+@cli.exit_on_user_error
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  cfg = config.from_flags()
+  logging.info("Effective flags written to %s", cli.write_flags(cfg.workdir))
+  results = loop.train_and_evaluate(cfg)
+  print(f"final eval: {loop.format_eval(results)}")
+
+
+if __name__ == "__main__":
+  app.run(main)

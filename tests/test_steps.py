@@ -1,0 +1,45 @@
+"""Graph hygiene and learning of the step functions, on hand-made batches."""
+
+import os
+
+import numpy as np
+
+from tests.helpers import build_steps, make_batch
+
+TEXTS = ["abc", "hgf", "aab", "d"]
+
+
+def _rss_bytes():
+  with open("/proc/self/statm") as f:
+    return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_each_step_traces_once_over_many_shapes():
+  _, fns = build_steps()
+  for i, width in enumerate([24, 40, 33, 64, 24, 57] * 3):
+    texts = TEXTS[: 2 + i % 3]
+    fns.train_step(make_batch(texts, width, seed=i))
+    fns.eval_step(make_batch(texts, width, seed=i))
+  assert fns.train_step.experimental_get_tracing_count() == 1
+  assert fns.eval_step.experimental_get_tracing_count() == 1
+
+
+def test_overfits_one_batch():
+  _, fns = build_steps(learning_rate=1e-2)
+  batch = make_batch(TEXTS, 32)
+  losses = [float(fns.train_step(batch)["loss_sum"]) for _ in range(120)]
+  assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5]), losses[::10]
+
+
+def test_eval_memory_is_flat_over_2000_calls():
+  """The K.ctc_decode leak: decoding in a loop must not grow the graph or RSS."""
+  _, fns = build_steps()
+  batches = [make_batch(TEXTS, w, seed=w) for w in (24, 31, 40)]
+  for i in range(200):
+    fns.eval_step(batches[i % 3])
+  rss_200 = _rss_bytes()
+  for i in range(1800):
+    fns.eval_step(batches[i % 3])
+  rss_2000 = _rss_bytes()
+  assert fns.eval_step.experimental_get_tracing_count() == 1
+  assert rss_2000 <= 1.05 * rss_200, (rss_200, rss_2000)
