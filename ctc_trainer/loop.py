@@ -6,7 +6,7 @@ once per step, so the hot loop never waits on a device-to-host copy except at lo
 """
 
 import dataclasses
-import math
+import itertools
 import os
 import time
 from typing import Dict, Optional, Tuple
@@ -113,7 +113,9 @@ def evaluate(trainer: Trainer, eval_samples: sources.SampleList,
   dataset = pipeline.make_dataset(cfg.data, trainer.charset, "eval", samples=eval_samples)
   sums, first_batch, first_samples = {}, None, None
   iterator = iter(dataset)
-  for index in range(cfg.loop.eval_max_batches or math.inf):
+  for index in itertools.count():
+    if index == cfg.loop.eval_max_batches > 0:
+      break
     try:
       batch = _next_batch(iterator, eval_samples)
     except StopIteration:
@@ -215,7 +217,9 @@ def train_and_evaluate(cfg: Config) -> Dict[str, float]:
                         int(host["infeasible"]))
       interval, interval_start, wait_time = {}, now, 0.0
 
-    # 4. Evaluate, keep the best; checkpoint on schedule and at the end.
+    # 4. Evaluate, keep the best; checkpoint on schedule and at the end. The time
+    #    this takes is left out of the next interval's examples/sec (not of the ETA).
+    pause_start = time.time()
     final = step == loop.train_steps
     if step % loop.eval_every == 0 or final:
       results = _eval_and_report(trainer, eval_samples, eval_writer, step)
@@ -224,6 +228,7 @@ def train_and_evaluate(cfg: Config) -> Dict[str, float]:
     if step % loop.checkpoint_every == 0 or final:
       path = trainer.checkpoints.save(step)
       logging.info("Saved checkpoint %s", path)
+    interval_start += time.time() - pause_start
 
   # 5. A run resumed at or past its end only evaluates.
   if results is None:

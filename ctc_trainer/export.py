@@ -1,0 +1,349 @@
+"""The serving tf.Module, its SavedModel, transcription helpers and the parity gate.
+
+A SavedModel written here needs nothing but TensorFlow to run: the preprocessing, the
+model, the beam search and the charset (as lookup tables) are all inside it.
+
+Signatures (K = top_k, fixed at export; B = batch):
+  serving_default(image_bytes string [B])                        -> outputs
+  features(inputs float32 [B, H, W, C], input_length int32 [B])  -> outputs
+  outputs: text string [B]             the best beam's transcription
+           confidence float32 [B]      exp(the best beam's log probability)
+           top_k_texts string [B, K]   the K best beams, best first
+           top_k_scores float32 [B, K] their log probabilities
+
+serving_default preprocesses with ctc_trainer.data.image.decode_and_resize, the very
+function the training pipeline maps over its files, and pads the batch with zeros to
+its widest image as the pipeline's padded_batch does. The CRNN masks that padding, so
+an image's transcription does not depend on what it is batched with.
+"""
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
+
+import tensorflow as tf
+from absl import logging
+
+from ctc_trainer import ctc, loop, metrics
+from ctc_trainer.charset import Charset
+from ctc_trainer.config import Config, ConfigError, DataConfig
+from ctc_trainer.data import image as image_lib
+from ctc_trainer.data import sources
+
+DEFAULT_TOP_K = 5   # or the beam width, if smaller
+# The gate's bound on |checkpoint CER - SavedModel CER|: the two must agree exactly,
+# up to float rounding of the sums.
+PARITY_TOLERANCE = 1e-6
+INFO_FILE = os.path.join("assets.extra", "export.json")
+_PROGRESS_EVERY_S = 10.0
+
+# A serving function: image bytes string [B] -> the outputs dict above.
+ServeFn = Callable[[tf.Tensor], Dict[str, tf.Tensor]]
+
+
+class ServingModule(tf.Module):
+  """Image bytes (or preprocessed inputs) in, beam-search transcriptions out.
+
+  `serve_bytes`, `serve_features` and `preprocess` are tf.functions with input
+  signatures, traced once each; `signatures()` names the first two for the SavedModel.
+  """
+
+  def __init__(self, model, charset: Charset, data_cfg: DataConfig, beam_width: int,
+               top_k: Optional[int] = None, input_scale: float = 1.0):
+    """model: inputs [B, H, W, C] -> logits [B, T, charset.num_classes], with
+    `output_length`. top_k: beams returned, None = min(DEFAULT_TOP_K, beam_width).
+    `input_scale` multiplies the preprocessed images; only tests set it, to break
+    serving/training parity on purpose and see the gate fail."""
+    super().__init__(name="ctc_serving")
+    if top_k is None:
+      top_k = min(DEFAULT_TOP_K, beam_width)
+    if not 1 <= top_k <= beam_width:
+      raise ConfigError(f"--top_k={top_k} must be between 1 and --beam_width="
+                        f"{beam_width}")
+    self.model = model
+    self.beam_width = beam_width
+    self.top_k = top_k
+    self._data = data_cfg
+    self._input_scale = input_scale
+    # A charset of the module's own whose tables, set as attributes, are tracked and
+    # saved with it: the charset travels inside the SavedModel.
+    self._charset = Charset(charset.symbols)
+    self.charset_tables = self._charset._tables()
+    height, channels = data_cfg.image_height, data_cfg.image_channels
+    bytes_spec = tf.TensorSpec([None], tf.string, name="image_bytes")
+    self.preprocess = tf.function(self._preprocess, input_signature=[bytes_spec])
+    self.serve_bytes = tf.function(self._serve_bytes, input_signature=[bytes_spec])
+    self.serve_features = tf.function(self._serve_features, input_signature=[
+        tf.TensorSpec([None, height, None, channels], tf.float32, name="inputs"),
+        tf.TensorSpec([None], tf.int32, name="input_length")])
+
+  @classmethod
+  def from_trainer(cls, trainer: loop.Trainer, top_k: Optional[int] = None,
+                   input_scale: float = 1.0) -> "ServingModule":
+    """Serves a (restored) trainer's model with its charset, image settings and the
+    eval beam width, so the export decodes exactly as evaluation does."""
+    cfg = trainer.cfg
+    return cls(trainer.model, trainer.charset, cfg.data, cfg.loop.beam_width, top_k,
+               input_scale)
+
+  def signatures(self) -> Dict[str, tf.types.experimental.ConcreteFunction]:
+    return {"serving_default": self.serve_bytes.get_concrete_function(),
+            "features": self.serve_features.get_concrete_function()}
+
+  def _preprocess(self, image_bytes):
+    """string [B] -> (inputs float32 [B, H, W_max, C], input_length int32 [B])."""
+    d = self._data
+    empty = tf.equal(tf.strings.length(image_bytes), 0)
+    # Named here, because the decoder's own message says neither what nor which.
+    check = tf.debugging.Assert(
+        tf.logical_not(tf.reduce_any(empty)),
+        ["empty image bytes at batch index", tf.where(empty)[:, 0]], summarize=10)
+    with tf.control_dependencies([check]):
+      image_bytes = tf.identity(image_bytes)
+
+    def one_image(encoded):
+      image, _ = image_lib.decode_and_resize(encoded, d.image_height, d.image_channels,
+                                             d.max_image_width)
+      # Width first, so that the one varying dimension is the ragged one.
+      return tf.transpose(image, [1, 0, 2])
+
+    columns = tf.map_fn(one_image, image_bytes, fn_output_signature=tf.RaggedTensorSpec(
+        [None, d.image_height, d.image_channels], tf.float32, ragged_rank=0))
+    input_length = tf.cast(columns.row_lengths(), tf.int32)
+    # Zero padding on the right, as padded_batch pads the training batches.
+    inputs = tf.transpose(columns.to_tensor(0.0), [0, 2, 1, 3])
+    return inputs * self._input_scale, input_length
+
+  def _serve_bytes(self, image_bytes):
+    return self._serve_features(*self._preprocess(image_bytes))
+
+  def _serve_features(self, inputs, input_length):
+    logits = self.model(inputs, input_length=input_length, training=False)
+    logit_length = self.model.output_length(input_length)
+    paths, log_probs = ctc.beam_search_decode(logits, logit_length, self.beam_width,
+                                              self.top_k)
+    texts = tf.stack([self._charset.decode(p) for p in paths], axis=1)
+    return {"text": texts[:, 0], "confidence": tf.exp(log_probs[:, 0]),
+            "top_k_texts": texts, "top_k_scores": log_probs}
+
+
+# --- saving and loading ------------------------------------------------------------
+
+def export(source: Union[loop.Trainer, ServingModule], export_dir: str,
+           top_k: Optional[int] = None) -> str:
+  """Saves `source` (a restored Trainer, or a ServingModule) as a SavedModel.
+
+  export_dir is written in place; `export_checkpoint` is the gated, atomic version.
+  Returns export_dir.
+  """
+  module = source if isinstance(source, ServingModule) else (
+      ServingModule.from_trainer(source, top_k))
+  tf.saved_model.save(module, export_dir, signatures=module.signatures())
+  return export_dir
+
+
+def load(export_dir: str):
+  """Loads a SavedModel written by `export`. Raises FileNotFoundError (a user error
+  for the CLIs) when export_dir holds none."""
+  if not tf.saved_model.contains_saved_model(export_dir):
+    raise FileNotFoundError(f"{export_dir} holds no SavedModel (saved_model.pb); "
+                            "write one with tools/export_savedmodel.py")
+  return tf.saved_model.load(export_dir)
+
+
+def serving_fn(served) -> ServeFn:
+  """The bytes-in function of a loaded SavedModel or of a ServingModule."""
+  if isinstance(served, ServingModule):
+    return served.serve_bytes
+  signature = served.signatures["serving_default"]
+  return lambda image_bytes: signature(image_bytes=image_bytes)
+
+
+# --- transcription -----------------------------------------------------------------
+
+@dataclasses.dataclass
+class Transcription:
+  path: str
+  text: str = ""
+  confidence: float = 0.0
+  top_k: List[tuple] = dataclasses.field(default_factory=list)  # (text, log prob)
+  error: Optional[str] = None   # set when the file could not be read or decoded
+
+  def as_dict(self) -> dict:
+    if self.error is not None:
+      return {"path": self.path, "error": self.error}
+    return {"path": self.path, "text": self.text, "confidence": self.confidence,
+            "top_k": [{"text": t, "score": s} for t, s in self.top_k]}
+
+
+def transcribe(serve: ServeFn, images: Sequence[bytes]) -> List[Transcription]:
+  """Encoded images -> their transcriptions (path left empty), in one call to `serve`.
+
+  Raises tf.errors.InvalidArgumentError when any image does not decode.
+  """
+  out = serve(tf.constant(list(images), tf.string))
+  texts = out["top_k_texts"].numpy()
+  scores = out["top_k_scores"].numpy()
+  return [Transcription(
+      path="", text=out["text"][i].numpy().decode("utf-8"),
+      confidence=float(out["confidence"][i]),
+      top_k=[(t.decode("utf-8"), float(s)) for t, s in zip(texts[i], scores[i])])
+          for i in range(len(images))]
+
+
+def transcribe_files(serve: ServeFn, paths: Sequence[str], batch_size: int,
+                     progress: bool = False) -> Iterator[Transcription]:
+  """Transcribes image files in batches, in order; one Transcription per path.
+
+  A file that cannot be read or decoded yields a Transcription with `error` set and
+  the others go on: a failing batch is retried one image at a time to find it.
+  With progress, a count and rate line goes to stderr every few seconds.
+  """
+  start = last_report = time.time()
+  for first in range(0, len(paths), batch_size):
+    batch_paths = paths[first:first + batch_size]
+    readable, results = [], {}
+    for path in batch_paths:
+      try:
+        with open(path, "rb") as f:
+          readable.append((path, f.read()))
+      except OSError as e:
+        results[path] = Transcription(path, error=f"cannot read: {e.strerror or e}")
+    try:
+      done = transcribe(serve, [blob for _, blob in readable]) if readable else []
+      for (path, _), t in zip(readable, done):
+        results[path] = dataclasses.replace(t, path=path)
+    except tf.errors.InvalidArgumentError:
+      for path, blob in readable:
+        try:
+          results[path] = dataclasses.replace(transcribe(serve, [blob])[0], path=path)
+        except tf.errors.InvalidArgumentError as e:
+          results[path] = Transcription(path, error=error_message(e))
+    for path in batch_paths:
+      yield results[path]
+    now = time.time()
+    if progress and now - last_report >= _PROGRESS_EVERY_S:
+      count = first + len(batch_paths)
+      print(f"transcribed {count}/{len(paths)} files, {count / (now - start):.1f} "
+            f"files/s", file=sys.stderr, flush=True)
+      last_report = now
+
+
+def error_message(error: tf.errors.OpError) -> str:
+  """The useful line of a TensorFlow op error, without graph node decorations."""
+  text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", str(error.message))
+  text = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+  return re.sub(r"\s*\[Op:[^\]]*\]\s*$", "", text)
+
+
+# --- the parity gate ---------------------------------------------------------------
+
+@dataclasses.dataclass
+class Parity:
+  checkpoint_cer: float
+  saved_model_cer: float
+  num_samples: int
+  tolerance: float = PARITY_TOLERANCE
+
+  @property
+  def ok(self) -> bool:
+    return abs(self.checkpoint_cer - self.saved_model_cer) <= self.tolerance
+
+  def describe(self) -> str:
+    verdict = "passed" if self.ok else "FAILED"
+    return (f"parity gate {verdict}: checkpoint CER {self.checkpoint_cer:.6f}, "
+            f"SavedModel CER {self.saved_model_cer:.6f} on {self.num_samples} eval "
+            f"samples (tolerance {self.tolerance:g})")
+
+
+def check_parity(trainer: loop.Trainer, serve: ServeFn,
+                 samples: sources.SampleList) -> Parity:
+  """CER of the checkpoint (loop.evaluate, the eval step) and of `serve` (image bytes
+  through the exported preprocessing) on the same samples, with the same metric code.
+
+  Files that do not decode are skipped by both (policy 'skip'); with policy 'error'
+  loop.evaluate raises a DataError naming the file first.
+  """
+  cfg = trainer.cfg
+  # All of `samples`, whatever --eval_max_batches says: both sides must see the same.
+  whole = dataclasses.replace(cfg, loop=dataclasses.replace(cfg.loop, eval_max_batches=0))
+  checkpoint, _, _ = loop.evaluate(dataclasses.replace(trainer, cfg=whole), samples)
+  served = transcribe_files(serve, samples.paths, cfg.data.eval_batch_size)
+  pairs = [(t.text, s.text) for t, s in zip(served, samples.samples) if t.error is None]
+  sums = metrics.batch_sums(tf.constant([p for p, _ in pairs], tf.string),
+                            tf.constant([r for _, r in pairs], tf.string))
+  return Parity(checkpoint_cer=checkpoint["cer"],
+                saved_model_cer=metrics.results(sums)["cer"], num_samples=len(pairs))
+
+
+# --- the export tool's work ----------------------------------------------------------
+
+def export_checkpoint(cfg: Config, export_dir: str, which: str = "latest",
+                      top_k: Optional[int] = None, parity_samples: int = 0,
+                      input_scale: float = 1.0) -> Parity:
+  """Restores checkpoint `which` of cfg.workdir, exports it, and gates the export.
+
+  The SavedModel is written beside export_dir, loaded back and evaluated against the
+  checkpoint on the eval set (its first `parity_samples` when > 0). Only when their
+  CERs agree does it replace export_dir; otherwise it is deleted. Returns the Parity.
+  """
+  export_dir = os.path.abspath(export_dir)
+  if os.path.exists(export_dir) and not tf.saved_model.contains_saved_model(export_dir):
+    raise sources.DataError(f"--export_dir={export_dir} exists and is not a "
+                            "SavedModel; refusing to overwrite it")
+  trainer = loop.setup(cfg, for_training=False)
+  step = trainer.checkpoints.restore(which, expect_partial=True)
+  if not step:
+    raise sources.DataError(f"no checkpoint in {cfg.workdir}: train first")
+  samples = sources.load_samples(cfg.data, "eval", trainer.charset)
+  if parity_samples > 0:
+    samples = sources.SampleList(samples.samples[:parity_samples], samples.skipped)
+
+  parent = os.path.dirname(export_dir)
+  os.makedirs(parent, exist_ok=True)
+  staging = tempfile.mkdtemp(prefix=f".{os.path.basename(export_dir)}.tmp-", dir=parent)
+  try:
+    module = ServingModule.from_trainer(trainer, top_k, input_scale)
+    export(module, staging)
+    logging.info("Exported step %d to %s; checking parity", step, staging)
+    parity = check_parity(trainer, serving_fn(load(staging)), samples)
+    if parity.ok:
+      _write_info(staging, cfg, which, step, module, parity)
+      _replace_dir(staging, export_dir)
+    return parity
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_info(export_dir: str, cfg: Config, which: str, step: int,
+                module: ServingModule, parity: Parity) -> None:
+  """Provenance beside the model (assets.extra is not loaded by TensorFlow)."""
+  info = {"workdir": cfg.workdir, "checkpoint": which, "step": step,
+          "image_height": cfg.data.image_height,
+          "image_channels": cfg.data.image_channels,
+          "max_image_width": cfg.data.max_image_width,
+          "beam_width": module.beam_width, "top_k": module.top_k,
+          "charset_size": len(module._charset.symbols),
+          "parity": dataclasses.asdict(parity)}
+  path = os.path.join(export_dir, INFO_FILE)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(info, f, indent=2, sort_keys=True)
+
+
+def _replace_dir(new: str, target: str) -> None:
+  """Moves `new` to `target`, replacing an older export there with one rename each."""
+  old = None
+  if os.path.exists(target):
+    old = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.old-",
+                           dir=os.path.dirname(target))
+    os.replace(target, os.path.join(old, "export"))
+  os.replace(new, target)
+  if old:
+    shutil.rmtree(old, ignore_errors=True)
