@@ -89,7 +89,8 @@ class Charset:
 
   # --- graph-side encoding and decoding ----------------------------------------
 
-  def _tables(self):
+  def tables(self):
+    """(encode, decode) tf.lookup tables; a SavedModel must track them to keep them."""
     if self._encode_table is None:
       # Created eagerly even when first asked for inside a tf.function or a tf.data
       # map, so that every later trace can capture the same tables.
@@ -107,13 +108,13 @@ class Charset:
 
   def encode(self, texts: tf.Tensor) -> tf.RaggedTensor:
     """string [B] -> int32 ragged [B, (L)]. Unknown characters map to -1."""
-    encode_table, _ = self._tables()
+    encode_table, _ = self.tables()
     chars = tf.strings.unicode_split(texts, "UTF-8")
     return tf.ragged.map_flat_values(encode_table.lookup, chars)
 
   def decode(self, ids: tf.RaggedTensor) -> tf.Tensor:
     """int32 ragged [B, (L)] -> string [B]. Ids <= 0 (blank, padding) are dropped."""
-    _, decode_table = self._tables()
+    _, decode_table = self.tables()
     ids = tf.ragged.boolean_mask(ids, ids > 0)
     chars = tf.ragged.map_flat_values(decode_table.lookup, ids)
     return tf.strings.reduce_join(chars, axis=-1)

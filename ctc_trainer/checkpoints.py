@@ -1,10 +1,15 @@
 """Checkpoints under WORKDIR: the latest N in checkpoints/, the best by eval CER in
-best/. Each holds the step, the best CER so far, the model and the optimizer."""
+best/. Each holds the step, the best CER so far, the model (with its dropout RNG
+state), and for training runs the optimizer and the input iterator's position.
+
+Crash safety comes from tf.train.CheckpointManager's order of work: a checkpoint's
+files are written first and the `checkpoint` index file is replaced after, so a kill
+mid-save leaves the index naming the previous, complete checkpoint. A checkpoint that
+cannot be read (corrupted, truncated) is reported and the next older one is tried.
+"""
 
 import math
 import os
-from typing import Optional
-
 import tensorflow as tf
 from absl import logging
 
@@ -13,56 +18,95 @@ class CheckpointError(RuntimeError):
   pass
 
 
+def rng_states(model) -> list:
+  """The model's RNG state variables (Keras seed generators, e.g. dropout's).
+
+  Object-based checkpointing does not reach them through the model, so they are
+  tracked here, by position (their names carry a process-wide counter); without
+  them a resumed run would draw other dropout masks.
+  """
+  return [v for v in model.non_trainable_variables if "seed_generator" in v.path]
+
+
 class Checkpoints:
 
-  def __init__(self, workdir: str, model, optimizer, keep: int):
+  def __init__(self, workdir: str, keep: int, model, **objects):
+    """objects: further trackables to save (optimizer=, iterator=); None is skipped."""
     self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     self.best_cer = tf.Variable(math.inf, dtype=tf.float64, trainable=False,
                                 name="best_cer")
-    kwargs = {"model": model}
-    if optimizer is not None:
-      kwargs["optimizer"] = optimizer
-    self._checkpoint = tf.train.Checkpoint(step=self.step, best_cer=self.best_cer,
-                                           **kwargs)
+    objects = {k: v for k, v in objects.items() if v is not None}
+    # Keras 3 keeps layers held in Python lists (the models' conv blocks and RNN
+    # stacks) out of TensorFlow's object graph, so through the model alone a
+    # checkpoint reaches only the layers assigned directly (the classifier). Its
+    # weights, by position like rng, reach them all.
+    model_state = tf.train.Checkpoint(net=model, weights=list(model.weights))
+    self._checkpoint = tf.train.Checkpoint(
+        step=self.step, best_cer=self.best_cer, model=model_state,
+        rng=rng_states(model), **objects)
     self.latest = tf.train.CheckpointManager(
         self._checkpoint, os.path.join(workdir, "checkpoints"), max_to_keep=keep)
     self.best = tf.train.CheckpointManager(
         self._checkpoint, os.path.join(workdir, "best"), max_to_keep=1)
 
-  def path_for(self, which: str) -> Optional[str]:
-    """'latest', 'best' or an explicit checkpoint prefix -> prefix or None."""
+  def track(self, **objects) -> None:
+    """Adds trackables made after construction (the training input iterator)."""
+    for name, obj in objects.items():
+      setattr(self._checkpoint, name, obj)
+
+  def _candidates(self, which: str):
     if which == "latest":
-      return self.latest.latest_checkpoint
+      return list(reversed(self.latest.checkpoints))
     if which == "best":
-      return self.best.latest_checkpoint
-    return which
+      if not self.best.latest_checkpoint:
+        raise CheckpointError("no best checkpoint yet: none was saved after an eval")
+      return [self.best.latest_checkpoint]
+    return [which]
 
   def restore(self, which: str = "latest", expect_partial: bool = False) -> int:
-    """Restores and returns the step; 0 when there is nothing to restore."""
-    path = self.path_for(which)
-    if path is None:
-      if which == "best":
-        raise CheckpointError("no best checkpoint yet: none was saved after an eval")
-      return 0
-    try:
-      status = self._checkpoint.restore(path)
-      if expect_partial:
-        status.expect_partial()
-      else:
-        status.assert_existing_objects_matched()
-    except (tf.errors.OpError, AssertionError, ValueError) as e:
-      raise CheckpointError(f"cannot restore checkpoint {path}: {e}") from None
-    logging.info("Restored %s at step %d", path, int(self.step))
-    return int(self.step)
+    """Restores 'latest', 'best' or a path prefix and returns its step (0: none).
+
+    For 'latest', an unreadable checkpoint is logged and the next older one tried.
+    """
+    errors = []
+    for path in self._candidates(which):
+      try:
+        status = self._checkpoint.restore(path)
+        if expect_partial:
+          status.expect_partial()
+        else:
+          status.assert_existing_objects_matched()
+      except Exception as e:  # pylint: disable=broad-except
+        # A damaged file surfaces as OpError, IndexError, ValueError, ... depending
+        # on which byte is bad; all of them mean "try the previous checkpoint".
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        logging.error("Cannot restore checkpoint %s: %s", path, message)
+        errors.append(f"{path}: {message}")
+        continue
+      logging.info("Restored %s at step %d", path, int(self.step))
+      return int(self.step)
+    if errors:
+      raise CheckpointError("no usable checkpoint: " + "; ".join(errors))
+    return 0
 
   def save(self, step: int) -> str:
     self.step.assign(step)
-    return self.latest.save(checkpoint_number=step)
+    return self._save(self.latest, step)
 
   def save_if_best(self, step: int, cer: float) -> bool:
     if cer >= float(self.best_cer):
       return False
     self.best_cer.assign(cer)
     self.step.assign(step)
-    self.best.save(checkpoint_number=step)
+    self._save(self.best, step)
     return True
+
+  @staticmethod
+  def _save(manager: tf.train.CheckpointManager, step: int) -> str:
+    try:
+      return manager.save(checkpoint_number=step)
+    except (OSError, tf.errors.OpError) as e:
+      kept = manager.latest_checkpoint or "none"
+      raise CheckpointError(
+          f"saving the step {step} checkpoint in {manager.directory} failed ({e}); "
+          f"the previous one ({kept}) is intact") from None

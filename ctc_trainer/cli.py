@@ -10,9 +10,12 @@ from ctc_trainer import config
 from ctc_trainer.charset import CharsetError
 from ctc_trainer.checkpoints import CheckpointError
 from ctc_trainer.data.sources import DataError
+from ctc_trainer.distribute import DistributeError
+from ctc_trainer.loop import NonFiniteError, TrainingInterrupted
 
 # Errors a user causes with bad flags, data or workdirs: one clear line, no trace.
-USER_ERRORS = (config.ConfigError, CharsetError, CheckpointError, DataError, OSError)
+USER_ERRORS = (config.ConfigError, CharsetError, CheckpointError, DataError,
+               DistributeError, NonFiniteError, OSError)
 
 FLAGS_FILE = "flags.cfg"
 
@@ -35,13 +38,20 @@ def write_flags(workdir: str) -> str:
   return path
 
 
-def apply_workdir_flags(argv) -> None:
+# Flags shared by the entry points that read a trained run (evaluate, predict, export).
+flags.DEFINE_string("checkpoint", "latest",
+                    "Which checkpoint of --workdir: latest, best, or a path prefix.")
+flags.DEFINE_bool("json", False, "Print machine-readable JSON instead of text.")
+
+
+def apply_workdir_flags() -> None:
   """Re-parses flags as WORKDIR/flags.cfg followed by the command line, so a run's
   own settings are the defaults and anything given on the command line wins."""
   path = os.path.join(os.path.expanduser(flags.FLAGS.workdir), FLAGS_FILE)
   if not os.path.exists(path):
     raise config.ConfigError(f"{path} not found: --workdir must be a training run")
-  flags.FLAGS([argv[0], f"--flagfile={path}"] + list(argv[1:]))
+  # sys.argv, not app.run's argv: that one holds only the positional arguments.
+  flags.FLAGS([sys.argv[0], f"--flagfile={path}"] + sys.argv[1:])
 
 
 def exit_on_user_error(main):
@@ -50,6 +60,10 @@ def exit_on_user_error(main):
   def wrapped(argv):
     try:
       return main(argv)
+    except TrainingInterrupted as e:
+      logging.warning("%s", e)
+      print(str(e), file=sys.stderr)
+      sys.exit(128 + e.signum)
     except USER_ERRORS as e:
       logging.error("%s: %s", type(e).__name__, e)
       print(f"error: {e}", file=sys.stderr)

@@ -12,16 +12,13 @@ from absl import app, flags
 
 from ctc_trainer import cli, config, loop
 
-flags.DEFINE_string("checkpoint", "latest",
-                    "latest, best, or a checkpoint path prefix under the workdir.")
-flags.DEFINE_bool("json", False, "Print the metrics as one JSON object.")
 
 
 @cli.exit_on_user_error
 def main(argv):
   if not flags.FLAGS.workdir:
     raise config.ConfigError("--workdir is required")
-  cli.apply_workdir_flags(argv)
+  cli.apply_workdir_flags()
   cfg = config.from_flags(need_train=False)
   results = loop.evaluate_checkpoint(cfg, flags.FLAGS.checkpoint)
   if flags.FLAGS.json:

@@ -34,7 +34,7 @@ from ctc_trainer import ctc, loop, metrics
 from ctc_trainer.charset import Charset
 from ctc_trainer.config import Config, ConfigError, DataConfig
 from ctc_trainer.data import image as image_lib
-from ctc_trainer.data import sources
+from ctc_trainer.data import pipeline, sources
 
 DEFAULT_TOP_K = 5   # or the beam width, if smaller
 # The gate's bound on |checkpoint CER - SavedModel CER|: the two must agree exactly,
@@ -74,7 +74,7 @@ class ServingModule(tf.Module):
     # A charset of the module's own whose tables, set as attributes, are tracked and
     # saved with it: the charset travels inside the SavedModel.
     self._charset = Charset(charset.symbols)
-    self.charset_tables = self._charset._tables()
+    self.charset_tables = self._charset.tables()
     height, channels = data_cfg.image_height, data_cfg.image_channels
     bytes_spec = tf.TensorSpec([None], tf.string, name="image_bytes")
     self.preprocess = tf.function(self._preprocess, input_signature=[bytes_spec])
@@ -108,14 +108,17 @@ class ServingModule(tf.Module):
       image_bytes = tf.identity(image_bytes)
 
     def one_image(encoded):
-      image, _ = image_lib.decode_and_resize(encoded, d.image_height, d.image_channels,
-                                             d.max_image_width)
-      # Width first, so that the one varying dimension is the ragged one.
-      return tf.transpose(image, [1, 0, 2])
+      image, _ = image_lib.decode_and_resize(encoded, height, channels, d.max_image_width)
+      # Columns first, flattened: map_fn stacks images of different widths only as
+      # ragged rows, and flat rows keep the shape exact even for an empty batch.
+      return tf.reshape(tf.transpose(image, [1, 0, 2]), [-1])
 
-    columns = tf.map_fn(one_image, image_bytes, fn_output_signature=tf.RaggedTensorSpec(
-        [None, d.image_height, d.image_channels], tf.float32, ragged_rank=0))
-    input_length = tf.cast(columns.row_lengths(), tf.int32)
+    height, channels = d.image_height, d.image_channels
+    flat = tf.map_fn(one_image, image_bytes,
+                     fn_output_signature=tf.RaggedTensorSpec([None], tf.float32))
+    input_length = tf.cast(flat.row_lengths() // (height * channels), tf.int32)
+    columns = tf.RaggedTensor.from_row_lengths(
+        tf.reshape(flat.flat_values, [-1, height, channels]), input_length)
     # Zero padding on the right, as padded_batch pads the training batches.
     inputs = tf.transpose(columns.to_tensor(0.0), [0, 2, 1, 3])
     return inputs * self._input_scale, input_length
@@ -124,6 +127,15 @@ class ServingModule(tf.Module):
     return self._serve_features(*self._preprocess(image_bytes))
 
   def _serve_features(self, inputs, input_length):
+    # The model's ops reject a batch of zero images; a server may still send one.
+    return tf.cond(tf.shape(inputs)[0] > 0,
+                   lambda: self._transcribe(inputs, input_length),
+                   lambda: {"text": tf.zeros([0], tf.string),
+                            "confidence": tf.zeros([0], tf.float32),
+                            "top_k_texts": tf.zeros([0, self.top_k], tf.string),
+                            "top_k_scores": tf.zeros([0, self.top_k], tf.float32)})
+
+  def _transcribe(self, inputs, input_length):
     logits = self.model(inputs, input_length=input_length, training=False)
     logit_length = self.model.output_length(input_length)
     paths, log_probs = ctc.beam_search_decode(logits, logit_length, self.beam_width,
@@ -182,6 +194,36 @@ class Transcription:
             "top_k": [{"text": t, "score": s} for t, s in self.top_k]}
 
 
+def image_paths(args: Sequence[str], manifest: Optional[str] = None) -> List[str]:
+  """Image paths from file and folder arguments, then a manifest, in that order.
+
+  A folder gives its image files (sources.IMAGE_EXTENSIONS), sorted; a file is taken
+  as it is; a manifest gives the first tab-separated column of each non-empty line,
+  relative paths resolved against its folder (so a training TSV works). Raises
+  DataError for an argument that does not exist, so that a typo stops before any work.
+  """
+  paths = []
+  for arg in args:
+    if os.path.isdir(arg):
+      paths.extend(os.path.join(arg, name) for name in sorted(os.listdir(arg))
+                   if name.lower().endswith(sources.IMAGE_EXTENSIONS)
+                   and os.path.isfile(os.path.join(arg, name)))
+    elif os.path.exists(arg):
+      paths.append(arg)
+    else:
+      raise sources.DataError(f"{arg} does not exist")
+  if manifest:
+    if not os.path.isfile(manifest):
+      raise sources.DataError(f"--manifest={manifest} is not a file")
+    base = os.path.dirname(os.path.abspath(manifest))
+    with open(manifest, encoding="utf-8") as f:
+      for line in f:
+        first = line.rstrip("\r\n").split("\t")[0]
+        if first.strip():
+          paths.append(os.path.normpath(os.path.join(base, os.path.expanduser(first))))
+  return paths
+
+
 def transcribe(serve: ServeFn, images: Sequence[bytes]) -> List[Transcription]:
   """Encoded images -> their transcriptions (path left empty), in one call to `serve`.
 
@@ -212,9 +254,14 @@ def transcribe_files(serve: ServeFn, paths: Sequence[str], batch_size: int,
     for path in batch_paths:
       try:
         with open(path, "rb") as f:
-          readable.append((path, f.read()))
+          blob = f.read()
       except OSError as e:
         results[path] = Transcription(path, error=f"cannot read: {e.strerror or e}")
+        continue
+      if blob:
+        readable.append((path, blob))
+      else:
+        results[path] = Transcription(path, error="empty file")
     try:
       done = transcribe(serve, [blob for _, blob in readable]) if readable else []
       for (path, _), t in zip(readable, done):
@@ -224,7 +271,7 @@ def transcribe_files(serve: ServeFn, paths: Sequence[str], batch_size: int,
         try:
           results[path] = dataclasses.replace(transcribe(serve, [blob])[0], path=path)
         except tf.errors.InvalidArgumentError as e:
-          results[path] = Transcription(path, error=error_message(e))
+          results[path] = Transcription(path, error=f"cannot decode: {error_message(e)}")
     for path in batch_paths:
       yield results[path]
     now = time.time()
@@ -236,50 +283,86 @@ def transcribe_files(serve: ServeFn, paths: Sequence[str], batch_size: int,
 
 
 def error_message(error: tf.errors.OpError) -> str:
-  """The useful line of a TensorFlow op error, without graph node decorations."""
-  text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", str(error.message))
-  text = text.strip().splitlines()[0] if text.strip() else type(error).__name__
-  return re.sub(r"\s*\[Op:[^\]]*\]\s*$", "", text)
+  """The line of a TensorFlow op error that says what went wrong, without the graph
+  node names and stack headers around it."""
+  lines = str(error.message).strip().splitlines()
+  # In graph errors the op's own message is the line before '[[{{node ...}}]]'.
+  at = next((i for i, line in enumerate(lines) if "[[{{node" in line), None)
+  line = lines[at - 1] if at else (lines[0] if lines else type(error).__name__)
+  line = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", line)
+  return re.sub(r"\s*\[Op:[^\]]*\]\s*$", "", line).strip()
 
 
 # --- the parity gate ---------------------------------------------------------------
 
 @dataclasses.dataclass
 class Parity:
+  """The gate's finding: CERs of both sides, and which transcriptions differ."""
   checkpoint_cer: float
   saved_model_cer: float
   num_samples: int
+  num_different: int                   # samples transcribed differently
+  first_different: Optional[str] = None  # "path: 'checkpoint' != 'saved model'"
   tolerance: float = PARITY_TOLERANCE
 
   @property
   def ok(self) -> bool:
-    return abs(self.checkpoint_cer - self.saved_model_cer) <= self.tolerance
+    # Equal CERs alone can hide different strings (an undertrained model gets
+    # CER ~1 from nearly any output), so every transcription must match too.
+    return (abs(self.checkpoint_cer - self.saved_model_cer) <= self.tolerance
+            and self.num_different == 0)
 
   def describe(self) -> str:
     verdict = "passed" if self.ok else "FAILED"
-    return (f"parity gate {verdict}: checkpoint CER {self.checkpoint_cer:.6f}, "
+    text = (f"parity gate {verdict}: checkpoint CER {self.checkpoint_cer:.6f}, "
             f"SavedModel CER {self.saved_model_cer:.6f} on {self.num_samples} eval "
-            f"samples (tolerance {self.tolerance:g})")
+            f"samples (tolerance {self.tolerance:g}); {self.num_different} "
+            f"transcriptions differ")
+    return text + (f", first: {self.first_different}" if self.first_different else "")
 
 
 def check_parity(trainer: loop.Trainer, serve: ServeFn,
                  samples: sources.SampleList) -> Parity:
-  """CER of the checkpoint (loop.evaluate, the eval step) and of `serve` (image bytes
-  through the exported preprocessing) on the same samples, with the same metric code.
+  """Compares the checkpoint's eval step with `serve` (image bytes through the
+  exported preprocessing) on the same samples, batched alike, scored with the same
+  metric code: CER on both sides, and each transcription.
 
-  Files that do not decode are skipped by both (policy 'skip'); with policy 'error'
-  loop.evaluate raises a DataError naming the file first.
+  Files the pipeline drops (policy 'skip') are left out of both; with policy 'error'
+  an undecodable file raises a DataError naming it.
   """
   cfg = trainer.cfg
-  # All of `samples`, whatever --eval_max_batches says: both sides must see the same.
-  whole = dataclasses.replace(cfg, loop=dataclasses.replace(cfg.loop, eval_max_batches=0))
-  checkpoint, _, _ = loop.evaluate(dataclasses.replace(trainer, cfg=whole), samples)
-  served = transcribe_files(serve, samples.paths, cfg.data.eval_batch_size)
-  pairs = [(t.text, s.text) for t, s in zip(served, samples.samples) if t.error is None]
-  sums = metrics.batch_sums(tf.constant([p for p, _ in pairs], tf.string),
-                            tf.constant([r for _, r in pairs], tf.string))
-  return Parity(checkpoint_cer=checkpoint["cer"],
-                saved_model_cer=metrics.results(sums)["cer"], num_samples=len(pairs))
+  dataset = pipeline.make_dataset(cfg.data, trainer.charset, "eval", samples=samples)
+  sums, paths, labels, expected = {}, [], [], []
+  iterator = iter(dataset)
+  while True:
+    try:
+      batch = next(iterator)
+    except StopIteration:
+      break
+    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
+      raise pipeline.explain_pipeline_error(e, samples) from None
+    batch_sums, decoded = trainer.steps.eval_step(batch)
+    sums = metrics.add_sums(sums, batch_sums)
+    paths += [k.decode("utf-8") for k in batch["key"].numpy()]
+    labels += [t.decode("utf-8") for t in batch["text"].numpy()]
+    expected += [t.decode("utf-8") for t in decoded["beam"].numpy()]
+  if not paths:
+    raise sources.DataError(f"the eval set {cfg.data.eval_data} yielded no batch")
+  served = list(transcribe_files(serve, paths, cfg.data.eval_batch_size))
+  texts = [t.text for t in served]   # "" where serving could not decode the file
+  # A file the pipeline decoded but serving cannot is a difference too.
+  different = [i for i, t in enumerate(served)
+               if t.error is not None or t.text != expected[i]]
+  first = None
+  if different:
+    i = different[0]
+    first = f"{paths[i]}: {expected[i]!r} != {served[i].error or texts[i]!r}"
+  served_sums = metrics.batch_sums(tf.constant(texts, tf.string),
+                                   tf.constant(labels, tf.string))
+  return Parity(checkpoint_cer=metrics.results(sums)["cer"],
+                saved_model_cer=metrics.results(served_sums)["cer"],
+                num_samples=len(paths), num_different=len(different),
+                first_different=first)
 
 
 # --- the export tool's work ----------------------------------------------------------

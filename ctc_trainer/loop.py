@@ -5,9 +5,11 @@ math; this file does everything that touches the host, once per interval rather 
 once per step, so the hot loop never waits on a device-to-host copy except at logs.
 """
 
+import contextlib
 import dataclasses
 import itertools
 import os
+import signal
 import time
 from typing import Dict, Optional, Tuple
 
@@ -15,7 +17,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from ctc_trainer import metrics, models, summaries
+from ctc_trainer import distribute, metrics, models, summaries
 from ctc_trainer.charset import Charset
 from ctc_trainer.checkpoints import Checkpoints
 from ctc_trainer.config import Config, OptimConfig
@@ -75,22 +77,40 @@ class Trainer:
 
 
 def setup(cfg: Config, for_training: bool = True) -> Trainer:
+  # The strategy first: multi-worker collectives must be set up before any op runs.
+  strategy = distribute.make_strategy(cfg.loop.strategy, cfg.loop.worker_timeout_s)
   charset = load_charset(cfg)
-  strategy = tf.distribute.get_strategy()
+  distribute.set_precision(cfg.loop.precision)
   keras.utils.set_random_seed(cfg.loop.seed)
-  input_shape = (cfg.data.image_height, None, cfg.data.image_channels)
+  input_shape = pipeline.input_shape(cfg.data)
   with strategy.scope():
     model = models.build(cfg.model, charset.num_classes, input_shape)
     optimizer = None
     if for_training:
       optimizer = make_optimizer(cfg.optim, cfg.loop.train_steps)
+      if cfg.loop.precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
       optimizer.build(model.trainable_variables)  # so a restore fills real slots
-  checkpoints = Checkpoints(cfg.workdir, model, optimizer, cfg.loop.keep_checkpoints)
-  spec = pipeline.batch_signature(cfg.data.image_channels, cfg.data.image_height)
-  steps = make_steps(model, optimizer, charset, strategy, spec,
+  checkpoints = Checkpoints(distribute.checkpoint_dir(cfg.workdir),
+                            cfg.loop.keep_checkpoints, model, optimizer=optimizer)
+  signature = pipeline.batch_signature(cfg.data.image_channels, cfg.data.image_height,
+                                       input_shape)
+  steps = make_steps(model, optimizer, charset, strategy,
+                     distribute.distributed_spec(strategy, signature),
                      global_batch_size=cfg.data.batch_size, clip_norm=cfg.optim.clip_norm,
-                     beam_width=cfg.loop.beam_width)
+                     beam_width=cfg.loop.beam_width, jit_compile=cfg.loop.jit_compile)
   return Trainer(cfg, charset, strategy, model, optimizer, checkpoints, steps)
+
+
+def make_iterator(trainer: Trainer, split: str, samples: sources.SampleList):
+  """An iterator over `split` batches. On the default strategy it is a plain tf.data
+  iterator, which checkpoints its position; under a distribution strategy each
+  worker reads its own shard through an InputContext (position not checkpointed)."""
+  make = lambda context: pipeline.make_dataset(
+      trainer.cfg.data, trainer.charset, split, input_context=context, samples=samples)
+  if not distribute.is_distributed(trainer.strategy):
+    return iter(make(None))
+  return iter(trainer.strategy.distribute_datasets_from_function(make))
 
 
 def _next_batch(iterator, samples):
@@ -110,9 +130,8 @@ def evaluate(trainer: Trainer, eval_samples: sources.SampleList,
   Sums stay tensors until the end: one host sync per eval, not one per batch.
   """
   cfg = trainer.cfg
-  dataset = pipeline.make_dataset(cfg.data, trainer.charset, "eval", samples=eval_samples)
   sums, first_batch, first_samples = {}, None, None
-  iterator = iter(dataset)
+  iterator = make_iterator(trainer, "eval", eval_samples)
   for index in itertools.count():
     if index == cfg.loop.eval_max_batches > 0:
       break
@@ -123,7 +142,8 @@ def evaluate(trainer: Trainer, eval_samples: sources.SampleList,
     batch_sums, samples = trainer.steps.eval_step(batch)
     sums = metrics.add_sums(sums, batch_sums)
     if index == 0:
-      first_batch, first_samples = batch, samples
+      first_replica = lambda v: trainer.strategy.experimental_local_results(v)[0]
+      first_batch, first_samples = tf.nest.map_structure(first_replica, batch), samples
   if not sums:
     raise sources.DataError(f"the eval set {cfg.data.eval_data} yielded no batch")
   host = {k: float(v) for k, v in sums.items()}
@@ -158,79 +178,174 @@ def _eval_and_report(trainer: Trainer, eval_samples, writer, step: int) -> Dict[
 
 # --- the run ---------------------------------------------------------------------
 
+class TrainingInterrupted(Exception):
+  """SIGTERM or SIGINT stopped the run after a checkpoint was saved."""
+
+  def __init__(self, signum: int, step: int):
+    super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; "
+                     "checkpoint saved, run the same command to resume")
+    self.signum = signum
+
+
+@contextlib.contextmanager
+def _stop_requests():
+  """While active, SIGTERM and SIGINT only record themselves; the loop then saves a
+  checkpoint and stops between two steps instead of dying mid-step."""
+  received = []
+  signals = (signal.SIGTERM, signal.SIGINT)
+  try:
+    previous = {sig: signal.signal(sig, lambda signum, _: received.append(signum))
+                for sig in signals}
+  except ValueError:  # not the main thread: signals stay as they are
+    previous = {}
+  try:
+    yield received
+  finally:
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
+
+
+class NonFiniteError(RuntimeError):
+  pass
+
+
+class _Interval:
+  """Step outputs of one log interval, added up as tensors and read once."""
+
+  def __init__(self, nonfinite_run=None):
+    self.sums, self.steps, self.start, self.wait = {}, 0, time.time(), 0.0
+    self.keys = {"infeasible_keys": [], "nonfinite_keys": []}
+    # Length of the current run of skipped steps and its maximum, kept as tensors
+    # so that counting them costs no host sync; the run carries across intervals.
+    self.nonfinite_run = tf.constant(0.0) if nonfinite_run is None else nonfinite_run
+    self.max_run = self.nonfinite_run
+
+  def add(self, out, wait: float) -> None:
+    out = dict(out)
+    for name, keys in self.keys.items():
+      keys.append(out.pop(name))
+    self.nonfinite_run = (self.nonfinite_run + 1.0) * out["skipped"]
+    self.max_run = tf.maximum(self.max_run, self.nonfinite_run)
+    self.sums = metrics.add_sums(self.sums, out)
+    self.wait += wait
+    self.steps += 1
+
+  def read(self) -> Tuple[Dict[str, float], Dict[str, list]]:
+    host = {k: float(v) for k, v in self.sums.items()}
+    host["max_run"] = float(self.max_run)
+    keys = {name: [k.decode("utf-8", "replace") for k in tf.concat(parts, 0).numpy()]
+            for name, parts in self.keys.items()}
+    return host, keys
+
+
+def _log_interval(interval: _Interval, step: int, trainer: Trainer, writer,
+                  progress: Tuple[float, int]) -> None:
+  """Reads an interval once: console line, train/* scalars, bad-batch reports.
+
+  Raises NonFiniteError when --max_nonfinite_steps steps in a row were skipped.
+  """
+  loop = trainer.cfg.loop
+  host, keys = interval.read()
+  now = time.time()
+  elapsed = max(now - interval.start, 1e-9)
+  finite_steps = max(interval.steps - host["skipped"], 1.0)
+  scalars = {
+      "loss": host["loss_sum"] / max(host["examples"], 1.0),
+      "grad_norm": host["grad_norm"] / finite_steps,
+      "learning_rate": float(tf.convert_to_tensor(trainer.optimizer.learning_rate)),
+      "examples_per_sec": (host["examples"] + host["infeasible"]) / elapsed,
+      "input_wait_fraction": interval.wait / elapsed,
+      "infeasible": host["infeasible"],
+      "skipped_steps": host["skipped"],
+  }
+  summaries.write_scalars(writer, step, "train", scalars)
+  run_start, run_start_step = progress
+  rate = (step - run_start_step) / max(now - run_start, 1e-9)
+  logging.info("step %d/%d  loss %.4f  %.0f ex/s  input wait %.0f%%  ETA %s",
+               step, loop.train_steps, scalars["loss"], scalars["examples_per_sec"],
+               100 * scalars["input_wait_fraction"],
+               summaries.format_duration((loop.train_steps - step) / rate))
+  if keys["infeasible_keys"]:
+    logging.warning("%d examples have labels longer than the model's output frames "
+                    "and were left out of the loss: %s", len(keys["infeasible_keys"]),
+                    ", ".join(keys["infeasible_keys"][:10]))
+  if host["skipped"]:
+    logging.warning("%d steps skipped for a non-finite loss or gradient (weights "
+                    "unchanged); their batches held: %s", int(host["skipped"]),
+                    ", ".join(keys["nonfinite_keys"][:10]))
+  if host["max_run"] >= loop.max_nonfinite_steps:
+    raise NonFiniteError(
+        f"{int(host['max_run'])} consecutive steps had a non-finite loss or gradient "
+        f"(limit --max_nonfinite_steps={loop.max_nonfinite_steps}); stopping at step "
+        f"{step}. Lower --learning_rate or check the data around: "
+        + ", ".join(keys["nonfinite_keys"][:5]))
+
+
 def train_and_evaluate(cfg: Config) -> Dict[str, float]:
   """Trains to cfg.loop.train_steps, resuming from cfg.workdir; returns final eval."""
-  # 1. Model, optimizer, step functions; resume if the workdir has a checkpoint.
-  trainer = setup(cfg)
-  start_step = trainer.checkpoints.restore("latest")
   loop = cfg.loop
-  if start_step:
-    logging.info("Resuming at step %d of %d", start_step, loop.train_steps)
+  if loop.deterministic:
+    tf.config.experimental.enable_op_determinism()
 
-  # 2. Data. Samples are listed once (paths and labels only); images stream from disk.
-  #    The shuffle seed moves with the start step so a resumed run sees new orders.
+  # 1. Model, optimizer, step functions.
+  trainer = setup(cfg)
+
+  # 2. Data. Samples are listed once (paths and labels only); images stream from
+  #    disk. The iterator is part of the checkpoint, so a resumed run continues the
+  #    same order from where it stopped.
   train_samples = sources.load_samples(cfg.data, "train", trainer.charset)
   eval_samples = sources.load_samples(cfg.data, "eval", trainer.charset)
-  data_cfg = dataclasses.replace(cfg.data, seed=cfg.data.seed + start_step)
-  dataset = pipeline.make_dataset(data_cfg, trainer.charset, "train",
-                                  samples=train_samples)
-  iterator = iter(trainer.strategy.experimental_distribute_dataset(dataset))
-  train_writer = tf.summary.create_file_writer(os.path.join(cfg.workdir, "train"))
-  eval_writer = tf.summary.create_file_writer(os.path.join(cfg.workdir, "eval"))
+  iterator = make_iterator(trainer, "train", train_samples)
+  if isinstance(iterator, tf.data.Iterator):
+    trainer.checkpoints.track(iterator=iterator)
+  else:
+    logging.warning("Under --strategy=%s the input position is not checkpointed: a "
+                    "resumed run starts a new pass over the data", loop.strategy)
 
-  # 3. Train. Per-step outputs are summed as tensors and read once per log interval.
-  interval = {}
-  interval_start, wait_time = time.time(), 0.0
-  run_start, run_start_step = time.time(), start_step
+  # 3. Resume: the latest readable checkpoint, if any.
+  start_step = trainer.checkpoints.restore("latest")
+  if start_step:
+    logging.info("Resuming at step %d of %d", start_step, loop.train_steps)
+  if distribute.is_chief():
+    train_writer = tf.summary.create_file_writer(os.path.join(cfg.workdir, "train"))
+    eval_writer = tf.summary.create_file_writer(os.path.join(cfg.workdir, "eval"))
+  else:
+    train_writer = eval_writer = tf.summary.create_noop_writer()
+
+  # 4. Train. Step outputs are summed as tensors and read once per log interval.
+  interval = _Interval()
+  progress = (time.time(), start_step)
   step, results = start_step, None
-  while step < loop.train_steps:
-    fetch_start = time.time()
-    batch = _next_batch(iterator, train_samples)
-    wait_time += time.time() - fetch_start
-    out = trainer.steps.train_step(batch)
-    step += 1
-    interval = metrics.add_sums(interval, out)
+  with _stop_requests() as stop:
+    while step < loop.train_steps:
+      fetch_start = time.time()
+      batch = _next_batch(iterator, train_samples)
+      wait = time.time() - fetch_start
+      try:
+        interval.add(trainer.steps.train_step(batch), wait)
+      except distribute.PEER_ERRORS as e:
+        raise distribute.peer_lost(e, step + 1) from None
+      step += 1
+      final = step == loop.train_steps
+      if step % loop.log_every == 0 or final:
+        _log_interval(interval, step, trainer, train_writer, progress)
+        interval = _Interval(interval.nonfinite_run)
 
-    if step % loop.log_every == 0 or step == loop.train_steps:
-      now = time.time()
-      host = {k: float(v) for k, v in interval.items()}
-      steps_done = loop.log_every if step % loop.log_every == 0 else step % loop.log_every
-      seen = host["examples"] + host["infeasible"]
-      elapsed = now - interval_start
-      scalars = {
-          "loss": host["loss_sum"] / max(host["examples"], 1.0),
-          "grad_norm": host["grad_norm"] / steps_done,
-          "learning_rate": float(trainer.optimizer.learning_rate),
-          "examples_per_sec": seen / elapsed,
-          "input_wait_fraction": wait_time / elapsed,
-          "infeasible": host["infeasible"],
-      }
-      summaries.write_scalars(train_writer, step, "train", scalars)
-      rate = (step - run_start_step) / (now - run_start)
-      logging.info("step %d/%d  loss %.4f  %.0f ex/s  input wait %.0f%%  ETA %s",
-                   step, loop.train_steps, scalars["loss"], scalars["examples_per_sec"],
-                   100 * scalars["input_wait_fraction"],
-                   summaries.format_duration((loop.train_steps - step) / rate))
-      if host["infeasible"]:
-        logging.warning("%d training examples had labels longer than the model's "
-                        "output frames and were left out of the loss",
-                        int(host["infeasible"]))
-      interval, interval_start, wait_time = {}, now, 0.0
+      # 5. Evaluate and keep the best; checkpoint on schedule, at the end, and when
+      #    asked to stop. The time this takes is left out of examples/sec.
+      pause_start = time.time()
+      if step % loop.eval_every == 0 or final:
+        results = _eval_and_report(trainer, eval_samples, eval_writer, step)
+        if trainer.checkpoints.save_if_best(step, results["cer"]):
+          logging.info("New best eval CER %.4f at step %d", results["cer"], step)
+      if step % loop.checkpoint_every == 0 or final or stop:
+        logging.info("Saved checkpoint %s", trainer.checkpoints.save(step))
+      if stop and not final:
+        train_writer.flush()
+        raise TrainingInterrupted(stop[0], step)
+      interval.start += time.time() - pause_start
 
-    # 4. Evaluate, keep the best; checkpoint on schedule and at the end. The time
-    #    this takes is left out of the next interval's examples/sec (not of the ETA).
-    pause_start = time.time()
-    final = step == loop.train_steps
-    if step % loop.eval_every == 0 or final:
-      results = _eval_and_report(trainer, eval_samples, eval_writer, step)
-      if trainer.checkpoints.save_if_best(step, results["cer"]):
-        logging.info("New best eval CER %.4f at step %d", results["cer"], step)
-    if step % loop.checkpoint_every == 0 or final:
-      path = trainer.checkpoints.save(step)
-      logging.info("Saved checkpoint %s", path)
-    interval_start += time.time() - pause_start
-
-  # 5. A run resumed at or past its end only evaluates.
+  # 6. A run resumed at or past its end only evaluates.
   if results is None:
     results, _, _ = evaluate(trainer, eval_samples)
     logging.info("Already trained to step %d: %s", start_step, format_eval(results))

@@ -15,7 +15,6 @@ import json
 import os
 import sys
 import time
-from typing import List
 
 from absl import app, flags
 
@@ -24,47 +23,17 @@ from ctc_trainer.data import sources
 
 flags.DEFINE_string("saved_model", None, "A SavedModel written by "
                     "tools/export_savedmodel.py. Or give --workdir instead.")
-flags.DEFINE_string("checkpoint", "latest", "With --workdir: latest, best, or a "
-                    "checkpoint path prefix.")
 flags.DEFINE_string("manifest", None, "A text file listing images: the first "
                     "tab-separated column of each non-empty line; relative paths "
                     "resolve against the file's folder.")
-flags.DEFINE_bool("json", False, "Print JSON lines: path, text, confidence, top_k.")
 flags.DEFINE_integer("predict_batch_size", 32, "Images per model call.", lower_bound=1)
-
-
-def list_inputs(args: List[str], manifest: str) -> List[str]:
-  """Image paths from file and folder arguments and a manifest, in the order given.
-
-  Raises DataError for a path that does not exist, so that nothing runs on a typo.
-  """
-  paths = []
-  for arg in args:
-    if os.path.isdir(arg):
-      paths.extend(os.path.join(arg, name) for name in sorted(os.listdir(arg))
-                   if name.lower().endswith(sources.IMAGE_EXTENSIONS)
-                   and os.path.isfile(os.path.join(arg, name)))
-    elif os.path.exists(arg):
-      paths.append(arg)
-    else:
-      raise sources.DataError(f"{arg} does not exist")
-  if manifest:
-    if not os.path.isfile(manifest):
-      raise sources.DataError(f"--manifest={manifest} is not a file")
-    base = os.path.dirname(os.path.abspath(manifest))
-    with open(manifest, encoding="utf-8") as f:
-      for line in f:
-        first = line.rstrip("\r\n").split("\t")[0]
-        if first.strip():
-          paths.append(os.path.normpath(os.path.join(base, os.path.expanduser(first))))
-  return paths
 
 
 def _serving_fn(fl):
   """The bytes-in function of --saved_model, or of --workdir's checkpoint."""
   if fl.saved_model:
     return export.serving_fn(export.load(os.path.expanduser(fl.saved_model)))
-  cfg = config.from_flags(need_train=False)
+  cfg = config.from_flags(need_train=False, need_eval=False)
   trainer = loop.setup(cfg, for_training=False)
   if not trainer.checkpoints.restore(fl.checkpoint, expect_partial=True):
     raise sources.DataError(f"no checkpoint in {cfg.workdir}: train first")
@@ -77,8 +46,8 @@ def main(argv):
   if bool(fl.saved_model) == bool(fl.workdir):
     raise config.ConfigError("give exactly one of --saved_model and --workdir")
   if fl.workdir:
-    cli.apply_workdir_flags(argv)
-  paths = list_inputs(argv[1:], fl.manifest)
+    cli.apply_workdir_flags()
+  paths = export.image_paths(argv[1:], fl.manifest)
   if not paths:
     raise app.UsageError("no images given: pass files, folders or --manifest")
   serve = _serving_fn(fl)
@@ -92,7 +61,7 @@ def main(argv):
     elif fl.json:
       print(json.dumps(result.as_dict(), ensure_ascii=False), flush=True)
     else:
-      print(f"{result.path}\t{result.text}\t{result.confidence:.4f}", flush=True)
+      print(f"{result.path}\t{result.text}\t{result.confidence:.4g}", flush=True)
   elapsed = max(time.time() - start, 1e-9)
   print(f"transcribed {len(paths) - failed} of {len(paths)} images "
         f"({len(paths) / elapsed:.1f}/s); {failed} failed", file=sys.stderr)

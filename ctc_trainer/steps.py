@@ -10,6 +10,7 @@ loop needs comes back as tensors, reduced across replicas with SUM.
 import dataclasses
 from typing import Callable
 
+import keras
 import tensorflow as tf
 
 from ctc_trainer import ctc, metrics
@@ -18,7 +19,10 @@ from ctc_trainer.charset import Charset
 
 @dataclasses.dataclass
 class Steps:
-  train_step: Callable  # batch -> {loss_sum, examples, infeasible, grad_norm}
+  # batch -> {loss_sum, examples, infeasible, grad_norm, skipped, infeasible_keys,
+  #           nonfinite_keys}; a step with a non-finite loss or gradient leaves the
+  #           weights and optimizer untouched and reports skipped = 1.
+  train_step: Callable
   eval_step: Callable   # batch -> {metric sums..., loss_sum}, samples (greedy, beam)
 
 
@@ -30,27 +34,58 @@ def _forward(model, batch, training):
 
 def make_steps(model, optimizer, charset: Charset, strategy: tf.distribute.Strategy,
                element_spec, global_batch_size: int, clip_norm: float,
-               beam_width: int) -> Steps:
-  """Builds the two step functions for one model, optimizer and dataset spec."""
+               beam_width: int, jit_compile: bool = False) -> Steps:
+  """Builds the two step functions for one model, optimizer and dataset spec.
 
-  def train_replica(batch):
+  element_spec: the batch signature, or for several replicas the distributed
+  dataset's element_spec (PerReplicaSpec values). jit_compile: XLA-compile the
+  forward and backward pass (the optimizer update stays outside XLA).
+  """
+  loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+  num_replicas = strategy.num_replicas_in_sync
+
+  def loss_and_grads(inputs, input_length, labels, label_length):
+    """Forward and backward on one replica's batch -> (loss [B], feasible [B], grads).
+
+    Takes the numeric batch entries only, so that XLA can compile it whole.
+    """
+    batch = {"inputs": inputs, "input_length": input_length}
     with tf.GradientTape() as tape:
       logits, logit_length = _forward(model, batch, training=True)
-      loss, feasible = ctc.ctc_loss(batch["labels"], batch["label_length"], logits,
-                                    logit_length)
+      loss, feasible = ctc.ctc_loss(labels, label_length, logits, logit_length)
       # Scaled by the global batch so that summing over replicas gives the mean.
       scaled = tf.reduce_sum(loss) / global_batch_size
-    variables = model.trainable_variables
-    grads = tape.gradient(scaled, variables)
-    grad_norm = tf.linalg.global_norm(grads)
+      if loss_scaling:
+        scaled = optimizer.scale_loss(scaled)
+    return loss, feasible, tape.gradient(scaled, model.trainable_variables)
+
+  if jit_compile:
+    # XLA compiles once per input shape: pair it with length bucketing.
+    loss_and_grads = tf.function(loss_and_grads, jit_compile=True)
+
+  def train_replica(batch):
+    loss, feasible, grads = loss_and_grads(batch["inputs"], batch["input_length"],
+                                           batch["labels"], batch["label_length"])
+    # Sum the gradients over replicas here, not in the optimizer, so that the norm
+    # and the clipping are of the global gradient, as on one device.
+    context = tf.distribute.get_replica_context()
+    if num_replicas > 1:
+      grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+    scale = tf.cast(optimizer.dynamic_scale, tf.float32) if loss_scaling else 1.0
+    grad_norm = tf.linalg.global_norm(grads) / scale
+    bad = ~tf.math.is_finite(tf.reduce_sum(loss) + grad_norm)
+    bad = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(bad, tf.float32)) > 0
     if clip_norm > 0:
-      grads, _ = tf.clip_by_global_norm(grads, clip_norm, use_norm=grad_norm)
-    optimizer.apply_gradients(zip(grads, variables))
-    return {
-        "loss_sum": tf.reduce_sum(loss),
+      factor = clip_norm / tf.maximum(grad_norm, clip_norm)
+      grads = [g * factor for g in grads]
+    no_keys = tf.zeros([0], tf.string)
+    return grads, bad, {
+        "loss_sum": tf.where(bad, 0.0, tf.reduce_sum(loss)),
         "examples": tf.reduce_sum(tf.cast(feasible, tf.float32)),
         "infeasible": tf.reduce_sum(tf.cast(~feasible, tf.float32)),
-        "grad_norm": grad_norm,
+        "grad_norm": tf.where(bad, 0.0, grad_norm),
+        "infeasible_keys": tf.boolean_mask(batch["key"], ~feasible),
+        "nonfinite_keys": tf.cond(bad, lambda: batch["key"], lambda: no_keys),
     }
 
   def eval_replica(batch):
@@ -74,11 +109,34 @@ def make_steps(model, optimizer, charset: Charset, strategy: tf.distribute.Strat
 
   @tf.function(input_signature=[element_spec])
   def train_step(batch):
-    out = strategy.run(train_replica, args=(batch,))
-    grad_norm = strategy.experimental_local_results(out.pop("grad_norm"))[0]
-    out = reduce_sum(out)
-    out["grad_norm"] = grad_norm
-    return out
+    grads, bad, out = strategy.run(train_replica, args=(batch,))
+    local = lambda v: strategy.experimental_local_results(v)
+    # Replicas agree on skipping and on the (global) gradient norm.
+    bad = local(bad)[0]
+
+    # The skip (tf.cond) is decided here, in cross-replica context: a cond around
+    # an update that synchronizes replicas is not allowed inside strategy.run. The
+    # update itself runs per replica, where the optimizer sums the gradients once
+    # more, so each replica hands it its share of the (already summed) gradient.
+    def apply():
+      def update(grads):
+        shares = [g / num_replicas for g in grads]
+        optimizer.apply_gradients(zip(shares, model.trainable_variables))
+      with strategy.scope():
+        strategy.extended.call_for_each_replica(update, args=(grads,))
+      return tf.constant(0.0)
+
+    if loss_scaling:
+      # The loss-scale optimizer must see non-finite steps to lower its scale; it
+      # leaves the weights alone on those steps itself.
+      apply()
+      skipped = tf.cast(bad, tf.float32)
+    else:
+      skipped = tf.cond(bad, lambda: tf.constant(1.0), apply)
+    keys = {k: tf.concat(local(out.pop(k)), axis=0)
+            for k in ("infeasible_keys", "nonfinite_keys")}
+    grad_norm = local(out.pop("grad_norm"))[0]
+    return {**reduce_sum(out), "grad_norm": grad_norm, "skipped": skipped, **keys}
 
   @tf.function(input_signature=[element_spec])
   def eval_step(batch):

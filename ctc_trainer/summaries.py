@@ -2,7 +2,6 @@
 
 from typing import Mapping, Sequence
 
-import numpy as np
 import tensorflow as tf
 
 
@@ -35,11 +34,24 @@ def write_samples(writer, step: int, prefix: str, batch, samples, num_text: int,
           strings(batch["key"], num_text), strings(batch["text"], num_text),
           strings(samples["greedy"], num_text), strings(samples["beam"], num_text)))
     if num_images:
-      # Inputs are ink-bright on zero; flip back to dark ink on light paper.
-      images = 1.0 - batch["inputs"][:num_images]
+      inputs = batch["inputs"][:num_images]
+      if inputs.shape.rank == 3:
+        images = spectrogram_images(inputs)
+      else:
+        # Inputs are ink-bright on zero; flip back to dark ink on light paper.
+        images = 1.0 - inputs
       beam = strings(samples["beam"], num_images)
       tf.summary.image(f"{prefix}/inputs", images, max_outputs=num_images,
                        description="beam: " + " · ".join(beam))
+
+
+def spectrogram_images(features: tf.Tensor) -> tf.Tensor:
+  """Audio features [B, T, F] -> images [B, F, T, 1] in [0, 1]: time to the right,
+  low frequencies at the bottom, each utterance scaled to its own range."""
+  images = tf.reverse(tf.transpose(features, [0, 2, 1]), axis=[1])[..., None]
+  low = tf.reduce_min(images, axis=[1, 2, 3], keepdims=True)
+  high = tf.reduce_max(images, axis=[1, 2, 3], keepdims=True)
+  return (images - low) / tf.maximum(high - low, 1e-6)
 
 
 def format_duration(seconds: float) -> str:
@@ -47,7 +59,3 @@ def format_duration(seconds: float) -> str:
   h, rem = divmod(seconds, 3600)
   m, s = divmod(rem, 60)
   return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
-
-
-def mean(values) -> float:
-  return float(np.mean(values)) if len(values) else 0.0

@@ -1,5 +1,6 @@
 """Small builders shared by the tests: tiny configs, models and hand-made batches."""
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -34,12 +35,15 @@ def make_batch(texts, width, seed=0):
   }
 
 
-def build_steps(batch_size=4, beam_width=4, learning_rate=3e-3):
+def build_steps(batch_size=4, beam_width=4, learning_rate=3e-3, jit_compile=False,
+                loss_scale=False):
   model = models.build(TINY_MODEL, CHARSET.num_classes, (HEIGHT, None, 1))
   optimizer = make_optimizer(OptimConfig(learning_rate=learning_rate), 1000)
+  if loss_scale:
+    optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
   optimizer.build(model.trainable_variables)
   spec = pipeline.batch_signature(channels=1, height=HEIGHT)
   fns = steps.make_steps(model, optimizer, CHARSET, tf.distribute.get_strategy(), spec,
                          global_batch_size=batch_size, clip_norm=5.0,
-                         beam_width=beam_width)
+                         beam_width=beam_width, jit_compile=jit_compile)
   return model, fns

@@ -2,7 +2,12 @@
 
 import os
 
+import keras
 import numpy as np
+import pytest
+import tensorflow as tf
+
+from ctc_trainer import distribute
 
 from tests.helpers import build_steps, make_batch
 
@@ -43,3 +48,30 @@ def test_eval_memory_is_flat_over_2000_calls():
   rss_2000 = _rss_bytes()
   assert fns.eval_step.experimental_get_tracing_count() == 1
   assert rss_2000 <= 1.05 * rss_200, (rss_200, rss_2000)
+
+
+def test_xla_train_step_matches_graph_step():
+  batch = make_batch(TEXTS, 32)
+  results = []
+  for jit in (False, True):
+    keras.utils.set_random_seed(3)
+    model, fns = build_steps(jit_compile=jit)
+    out = fns.train_step(batch)
+    results.append((float(out["loss_sum"]), [v.numpy() for v in model.trainable_variables]))
+  np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-4)
+  for a, b in zip(results[0][1], results[1][1]):
+    np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_keeps_ctc_in_float32(policy):
+  distribute.set_precision(policy)
+  try:
+    model, fns = build_steps(loss_scale=policy == "mixed_float16")
+    batch = make_batch(TEXTS, 32)
+    assert model(batch["inputs"]).dtype == tf.float32  # logits
+    assert model.blocks[0][0].compute_dtype != "float32"
+    losses = [float(fns.train_step(batch)["loss_sum"]) for _ in range(3)]
+    assert np.isfinite(losses).all()
+  finally:
+    distribute.set_precision("float32")

@@ -4,11 +4,14 @@
       [--checkpoint=best] [--top_k=5] [--parity_samples=N]
 
 The run's WORKDIR/flags.cfg supplies every setting (image size, charset, beam width).
-Before export_dir is written, the SavedModel is loaded back and evaluated on the eval
-set (or its first --parity_samples); if its CER differs from the checkpoint's on the
-same samples by more than 1e-6 the export is discarded and the exit status is 1.
+Before export_dir is written, the SavedModel is loaded back and run on the eval set
+(or its first --parity_samples); if its CER differs from the checkpoint's on the same
+samples by more than 1e-6, or any transcription differs, the export is discarded and
+the exit status is 1.
 See docs/export.md.
 """
+
+import sys
 
 from absl import app, flags
 
@@ -16,8 +19,6 @@ from ctc_trainer import cli, config, export
 
 flags.DEFINE_string("export_dir", None, "Where to write the SavedModel (replaced if it "
                     "holds an older export).")
-flags.DEFINE_string("checkpoint", "latest",
-                    "latest, best, or a checkpoint path prefix under the workdir.")
 flags.DEFINE_integer("top_k", None, "Beams returned per image as top_k_texts / "
                      f"top_k_scores, at most --beam_width; default {export.DEFAULT_TOP_K} "
                      "or --beam_width if smaller.", lower_bound=1)
@@ -34,7 +35,7 @@ def main(argv):
   for name in ("workdir", "export_dir"):
     if not flags.FLAGS[name].value:
       raise config.ConfigError(f"--{name} is required")
-  cli.apply_workdir_flags(argv)
+  cli.apply_workdir_flags()
   cfg = config.from_flags(need_train=False)
   fl = flags.FLAGS
   parity = export.export_checkpoint(
@@ -42,8 +43,8 @@ def main(argv):
       parity_samples=fl.parity_samples, input_scale=fl.parity_test_perturb)
   print(parity.describe())
   if not parity.ok:
-    print(f"error: the SavedModel does not transcribe as the checkpoint does; "
-          f"{fl.export_dir} was not written", flush=True)
+    print(f"error: the SavedModel does not transcribe as the checkpoint does, so it "
+          f"was discarded; {fl.export_dir} is unchanged", file=sys.stderr)
     return 1
   print(f"exported {fl.checkpoint} checkpoint of {cfg.workdir} to {fl.export_dir}")
 

@@ -7,14 +7,17 @@ paper is 0. Zero padding to the right of a line then looks like more paper.
 
 from typing import Tuple
 
+import numpy as np
 import tensorflow as tf
 
 # For each decoded channel count c (1 gray, 2 gray+alpha, 3 RGB, 4 RGBA), the indices
 # into [channels..., ones] that give R, G, B, A. Row 0 is unused: decode never gives 0.
-_TO_RGBA = tf.constant([[0, 0, 0, 0], [0, 0, 0, 1], [0, 0, 0, 1], [0, 1, 2, 3],
-                        [0, 1, 2, 3]], tf.int32)
+# NumPy, not tf.constant: importing this module must not start the TF runtime
+# (multi-worker collectives can only be configured before it starts).
+_TO_RGBA = np.array([[0, 0, 0, 0], [0, 0, 0, 1], [0, 0, 0, 1], [0, 1, 2, 3],
+                     [0, 1, 2, 3]], np.int32)
 # ITU-R 601 luma weights, normalised so that white stays exactly white.
-_LUMA = tf.constant([0.2989, 0.5870, 0.1140], tf.float32) / 0.9999
+_LUMA = np.array([0.2989, 0.5870, 0.1140], np.float32) / np.float32(0.9999)
 
 
 def decode_image(encoded: tf.Tensor, channels: int) -> tf.Tensor:
@@ -25,7 +28,7 @@ def decode_image(encoded: tf.Tensor, channels: int) -> tf.Tensor:
   """
   image = tf.io.decode_image(encoded, dtype=tf.float32, expand_animations=False)
   with_ones = tf.concat([image, tf.ones_like(image[..., :1])], axis=-1)
-  rgba = tf.gather(with_ones, _TO_RGBA[tf.shape(image)[-1]], axis=-1)
+  rgba = tf.gather(with_ones, tf.gather(_TO_RGBA, tf.shape(image)[-1]), axis=-1)
   rgb, alpha = rgba[..., :3], rgba[..., 3:]
   rgb = rgb * alpha + (1.0 - alpha)
   if channels == 1:

@@ -1,4 +1,4 @@
-"""tf.data input pipelines: sample list -> streamed, decoded, padded batch dicts.
+"""tf.data input pipelines: samples or TFRecord shards -> streamed, decoded batch dicts.
 
 Batch dict (the contract in DESIGN.md):
   inputs        float32 [B, H, W, C]  ink bright, background and padding 0
@@ -6,34 +6,83 @@ Batch dict (the contract in DESIGN.md):
   labels        int32   [B, L]        charset ids, padded with 0 (the blank)
   label_length  int32   [B]
   text          string  [B]
-  key           string  [B]           the image path
+  key           string  [B]           the image path (the record's key for TFRecords)
 
-Images are read from disk as the pipeline runs, never held in memory as a whole.
-A file that cannot be read or decoded raises an error naming its path (policy
-'error') or is dropped with a warning naming it (policy 'skip').
+Two sources feed one tail, so preprocessing and batching have one implementation:
+  files     (path, label) list -> [shard] -> [shuffle, repeat] -> read + decode
+  tfrecord  shards -> [shard] -> [shuffle, repeat] -> parallel interleave of shards
+            -> [shuffle records] -> parse + decode -> label check
+  tail      [cache] -> length buckets (or pad to the batch's widest) -> batch
+            -> encode labels -> prefetch
+Shuffling happens on paths or encoded records, before decoding, so no buffer holds
+decoded images (unless cache_decoded asks for it); memory does not grow with the set.
+
+A file or record that cannot be read or decoded raises an error naming it (policy
+'error') or is dropped with a warning naming it (policy 'skip'); so is a truncated or
+corrupt TFRecord shard.
 """
 
 import re
 import sys
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
+import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from ctc_trainer.charset import Charset
 from ctc_trainer.config import DataConfig
+from ctc_trainer.data import audio as audio_lib
 from ctc_trainer.data import image as image_lib
+from ctc_trainer.data import tfrecord
 from ctc_trainer.data.sources import DataError, SampleList, load_samples
 
 AUTOTUNE = tf.data.AUTOTUNE
-# Images decoded concurrently; each is its own tiny dataset (see _decode_each).
-_DECODE_CYCLE = 16
-_BAD_IMAGE = "Cannot read or decode image"   # explain_pipeline_error looks for it
+# TFRecord shards read concurrently.
+_SHARD_CYCLE = 16
+_BAD_IMAGE = "Cannot read or decode image"   # explain_pipeline_error looks for these
+_BAD_AUDIO = "Cannot read or decode audio"
+_BAD_SHARD = "Truncated or corrupt TFRecord shard"
+_BAD_LABEL = "Label has characters not in the charset"
+_BAD_RECORD = "Cannot parse record"
+_RECENT = 4   # failures in a row that an error or warning can name
+_CHUNK = 16   # elements per small dataset in _guarded_map
+# Automatic length buckets: widths at quantiles of up to _SCAN_SIZES images' sizes,
+# at most _MAX_BUCKETS of them, fewer when the set has too few samples for each bucket
+# to fill _BATCHES_PER_BUCKET batches; widths rounded up to a multiple of _ALIGN.
+_SCAN_SIZES = 1000
+_MAX_BUCKETS = 8
+_BATCHES_PER_BUCKET = 4
+_ALIGN = 8
 
 
-def batch_signature(channels: int, height: int) -> Dict[str, tf.TensorSpec]:
-  """The batch dict's TensorSpecs, with None batch, width and label length dims."""
+def input_shape(cfg: DataConfig) -> Tuple[Optional[int], ...]:
+  """One example's `inputs` shape, None along time: (image_height, None,
+  image_channels) for images, (None, num_mel_bins) for audio features [T, F]."""
+  if cfg.modality == "audio":
+    return (None, cfg.audio.num_mel_bins)
+  return (cfg.image_height, None, cfg.image_channels)
+
+
+def max_length(cfg: DataConfig) -> int:
+  """The longest input along time: max_image_width, or the frames of
+  max_audio_seconds of audio."""
+  if cfg.modality == "audio":
+    return audio_lib.max_frames(cfg.audio)
+  return cfg.max_image_width
+
+
+def batch_signature(channels: int, height: int,
+                    shape: Optional[Tuple[Optional[int], ...]] = None,
+                    ) -> Dict[str, tf.TensorSpec]:
+  """The batch dict's TensorSpecs, with None batch, width and label length dims.
+
+  shape: one example's inputs shape (input_shape(cfg)); default the image shape
+  (height, None, channels).
+  """
+  shape = shape or (height, None, channels)
   return {
-      "inputs": tf.TensorSpec([None, height, None, channels], tf.float32),
+      "inputs": tf.TensorSpec([None, *shape], tf.float32),
       "input_length": tf.TensorSpec([None], tf.int32),
       "labels": tf.TensorSpec([None, None], tf.int32),
       "label_length": tf.TensorSpec([None], tf.int32),
@@ -50,7 +99,10 @@ def make_dataset(cfg: DataConfig, charset: Charset, split: str,
   train: sharded (with input_context), shuffled each epoch with cfg.seed, repeated
   forever, cfg.batch_size split across replicas, partial batches dropped.
   eval: one pass in file order, cfg.eval_batch_size (split across replicas), the last
-  partial batch kept. `samples` defaults to load_samples(cfg, split, charset).
+  partial batch kept (one per bucket). With length buckets (cfg.bucket_boundaries,
+  see bucket_widths) every batch is padded to one of a few fixed widths, which
+  reorders examples within the shuffle/file order. `samples` defaults to
+  load_samples(cfg, split, charset).
   """
   if split not in ("train", "eval"):
     raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
@@ -64,33 +116,128 @@ def make_dataset(cfg: DataConfig, charset: Charset, split: str,
   # rebuilt in every function graph instead of being shared.
   charset.encode(tf.constant([""]))
 
-  ds = tf.data.Dataset.from_tensor_slices((samples.paths, samples.texts))
-  if input_context is not None and input_context.num_input_pipelines > 1:
-    ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-  if training:
-    ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed, reshuffle_each_iteration=True)
-    ds = ds.repeat()
-  ds = _decode_each(ds, cfg)
-  ds = ds.padded_batch(batch_size, drop_remainder=training)
-  ds = ds.map(lambda batch: _add_labels(batch, charset), num_parallel_calls=AUTOTUNE)
-  return ds.prefetch(AUTOTUNE)
+  # Shuffle and repeat cheap items (paths, encoded records) before decoding. A cache
+  # of decoded examples has to come first, and the shuffle after it.
+  early = training and not cfg.cache_decoded
+  if samples.shards:
+    ds = _tfrecord_examples(samples, cfg, charset, early, input_context)
+  else:
+    ds = _file_examples(samples, cfg, early, input_context)
+  if cfg.cache_decoded:
+    ds = ds.cache()
+    if training:
+      ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed, reshuffle_each_iteration=True)
+      ds = ds.repeat()
+  if training and cfg.modality == "audio":
+    # After the cache, so that every epoch draws new masks; never on eval data.
+    ds = audio_lib.augment_dataset(ds, cfg.audio, cfg.seed)
+  widths = bucket_widths(cfg, samples, batch_size, split)
+  ds = _examples_to_batches(ds, charset, batch_size, widths, drop_remainder=training)
+  options = tf.data.Options()
+  options.deterministic = cfg.deterministic_input
+  return ds.with_options(options)
+
+
+def bucket_widths(cfg: DataConfig, samples: SampleList, batch_size: int,
+                  split: str = "train") -> Tuple[int, ...]:
+  """The padded widths of the length buckets, ascending; () means no bucketing.
+
+  An image goes to the first bucket at least as wide as it and is padded to that
+  width, so a batch has one of these widths. The last is always max_image_width, so
+  every image has a bucket. cfg.bucket_boundaries: 'none' -> (); '64,128' -> those
+  widths; 'auto' -> widths at quantiles of up to 1,000 images' resized widths (read
+  from image headers or the TFRecord height/width features, once per SampleList),
+  as many buckets as the set can fill with a few batches each, at most 8.
+  """
+  setting = cfg.bucket_boundaries.strip().lower()
+  if setting == "none":
+    return ()
+  longest = max_length(cfg)
+  if setting != "auto":
+    given = sorted({int(w) for w in setting.split(",")})
+    return tuple(w for w in given if w < longest) + (longest,)
+  audio = cfg.modality == "audio"
+  first_scan = samples.size_scan is None
+  if first_scan:
+    # Audio: feature frames from WAV headers; images: (height, width).
+    samples.size_scan = (audio_lib.scan_frames(samples, cfg.audio, _SCAN_SIZES)
+                         if audio else _scan_sizes(samples))
+  sizes = samples.size_scan
+  if not len(sizes):
+    return ()
+  if audio:
+    widths = sizes
+  else:
+    scaled = np.round(sizes[:, 1] * cfg.image_height / np.maximum(sizes[:, 0], 1))
+    widths = np.clip(scaled, 1, cfg.max_image_width).astype(np.int64)
+  # A TFRecord set is only known to be at least as large as the scan.
+  set_size = len(samples) if not samples.shards else (
+      len(sizes) if len(sizes) < _SCAN_SIZES else np.inf)
+  count = int(min(_MAX_BUCKETS, set_size // (_BATCHES_PER_BUCKET * batch_size)))
+  if count < 2:
+    return ()
+  edges = np.quantile(widths, np.arange(1, count + 1) / count, method="higher")
+  aligned = np.minimum(-(-edges // _ALIGN) * _ALIGN, longest)
+  buckets = tuple(sorted({int(w) for w in aligned} | {longest}))
+  if first_scan:
+    logging.info(
+        "Length buckets for %s (padded widths): %s; padding efficiency about %.0f%% "
+        "(%.0f%% without buckets), estimated from %d %s files' sizes", split,
+        list(buckets), 100 * _bucketed_efficiency(widths, buckets),
+        100 * _unbucketed_efficiency(widths, batch_size), len(widths), cfg.modality)
+  return buckets
 
 
 def explain_pipeline_error(error: Exception, samples: SampleList) -> DataError:
-  """A DataError naming the sample whose image fails to read or decode.
+  """A DataError naming the sample (or shard) that fails to read or decode.
 
-  The pipeline's own errors carry the path (see _decode_each), which is used when
-  present. Otherwise the samples are decoded eagerly one by one until one fails, so
-  call this only on the failure path.
+  The pipeline's own errors carry the path, key or shard (see _decode_each and
+  _read_shard), which is used when present. Otherwise the samples are decoded (or
+  the shards read) eagerly one by one until one fails, so call this only on the
+  failure path.
   """
   message = str(getattr(error, "message", error))
   named = re.search(re.escape(_BAD_IMAGE) + r"\] \[(.*?)\] \[", message)
   if named:
     path = named.group(1)
-    origin = next((s.origin for s in samples.samples if s.path == path), path)
-    return DataError(f"{origin}: cannot read or decode image {path} (empty, "
-                     f"truncated or not PNG, JPEG, GIF or BMP); fix or remove it, or "
-                     f"set --bad_sample_policy=skip")
+    origin = next((s.origin for s in samples.samples if s.path == path), None)
+    where = f"{origin}: cannot read or decode image {path}" if origin else (
+        f"{path}: cannot read or decode image")   # a record: its key and shard
+    return DataError(f"{where} (empty, truncated or not PNG, JPEG, GIF or BMP); fix "
+                     f"or remove it, or set --bad_sample_policy=skip")
+  named = re.search(re.escape(_BAD_AUDIO) + r"\] \[(.*?)\] \[(.*?)\]", message)
+  if named:
+    path, expected = named.groups()
+    origin = next((s.origin for s in samples.samples if s.path == path), None)
+    fix = "fix or remove it, or set --bad_sample_policy=skip"
+    if origin is None:   # a record: its key and shard
+      return DataError(f"{path}: cannot read or decode audio; {expected}; {fix}")
+    return DataError(f"{origin}: cannot use audio {path}, "
+                     f"{audio_lib.describe_wav(path)}; {expected}; {fix}")
+  named = re.search(re.escape(_BAD_RECORD) + r"\] \[(.*?)\] \[", message)
+  if named:
+    return DataError(f"{named.group(1)}: not a tf.train.Example of the schema in "
+                     f"ctc_trainer/data/tfrecord.py; rewrite the shard, or set "
+                     f"--bad_sample_policy=skip")
+  named = re.search(re.escape(_BAD_SHARD) + r"\] \[(.*?)\] \[", message)
+  if named:
+    return DataError(f"{named.group(1)}: truncated or corrupt TFRecord shard; "
+                     f"rewrite it, or set --bad_sample_policy=skip to use the records "
+                     f"before the damage")
+  named = re.search(re.escape(_BAD_LABEL) + r"\] \[(.*?)\] \[(.*?)\] \[", message)
+  if named:
+    return DataError(f"{named.group(1)}: label {named.group(2)!r} has characters not "
+                     f"in the charset (--unknown_char_policy=skip drops such samples)")
+  if samples.shards:
+    for shard in samples.shards:
+      try:
+        for _ in tf.data.TFRecordDataset(shard, compression_type=samples.compression):
+          pass
+      except tf.errors.OpError as e:
+        return DataError(f"{shard}: truncated or corrupt TFRecord shard: "
+                         f"{_first_line(e)}")
+    return DataError(f"input pipeline failed, but every shard reads: "
+                     f"{_first_line(error)}")
   for sample in samples.samples:
     try:
       image_lib.decode_image(tf.io.read_file(sample.path), channels=3)
@@ -101,65 +248,318 @@ def explain_pipeline_error(error: Exception, samples: SampleList) -> DataError:
                    f"{_first_line(error)}")
 
 
-# --- internals ---------------------------------------------------------------------
+# --- sources ------------------------------------------------------------------------
 
-def _decode_each(ds: tf.data.Dataset, cfg: DataConfig) -> tf.data.Dataset:
-  """(path, text) -> {inputs [H, W, C], input_length, text, key}, decoded in parallel.
+def _file_examples(samples: SampleList, cfg: DataConfig, shuffle_and_repeat: bool,
+                   input_context) -> tf.data.Dataset:
+  """Listed (path, label) samples -> decoded examples (see _decode_each)."""
+  ds = tf.data.Dataset.from_tensor_slices((samples.paths, samples.texts))
+  if input_context is not None and input_context.num_input_pipelines > 1:
+    ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+  if shuffle_and_repeat:
+    ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed, reshuffle_each_iteration=True)
+    ds = ds.repeat()
+  return _decode_each(ds, cfg, load=lambda path, text: (tf.io.read_file(path), text, path),
+                      name_of=lambda path, text: path)
 
-  tf.data cannot catch an error of one element and name it, so each image gets its
-  own one-element dataset: the decode with its errors ignored, followed by a fallback
-  element that is only reached when the decode produced nothing. The fallback fails
-  with the path in the message (policy 'error') or is marked bad and filtered out
-  with a counted warning (policy 'skip'). interleave runs the little datasets in
-  parallel and keeps the input order, so a seed gives the same batches every run.
+
+def _tfrecord_examples(samples: SampleList, cfg: DataConfig, charset: Charset,
+                       shuffle_and_repeat: bool, input_context) -> tf.data.Dataset:
+  """TFRecord shards -> decoded examples with labels checked against the charset.
+
+  With several input pipelines (workers), each reads its own shards when there are at
+  least as many shards as pipelines, else every pipeline reads all shards and keeps
+  its share of the records.
   """
+  shards = samples.shards
+  sizes = [tfrecord.records_size(s, samples.compression) for s in shards]
+  files = tf.data.Dataset.from_tensor_slices((shards, np.array(sizes, np.int64)))
+  pipelines = input_context.num_input_pipelines if input_context is not None else 1
+  by_file = pipelines > 1 and len(shards) >= pipelines
+  if by_file:
+    files = files.shard(pipelines, input_context.input_pipeline_id)
+  if shuffle_and_repeat:
+    files = files.shuffle(len(shards), seed=cfg.seed, reshuffle_each_iteration=True)
+    files = files.repeat()
   skip = cfg.bad_sample_policy == "skip"
+  records = files.interleave(
+      lambda path, size: _read_shard(path, size, samples.compression, skip),
+      cycle_length=min(_SHARD_CYCLE, len(shards)), block_length=1,
+      num_parallel_calls=AUTOTUNE)
+  if pipelines > 1 and not by_file:
+    records = records.shard(pipelines, input_context.input_pipeline_id)
+  if shuffle_and_repeat:
+    records = records.shuffle(cfg.shuffle_buffer, seed=cfg.seed,
+                              reshuffle_each_iteration=True)
 
-  def decode(path, text):
-    image, width = image_lib.decode_and_resize(
-        tf.io.read_file(path), cfg.image_height, cfg.image_channels,
-        cfg.max_image_width)
-    return {"inputs": image, "input_length": width, "text": text, "key": path,
-            "ok": tf.constant(True)}
+  # Parse first, naming a record that fails by where it is; then decode, naming an
+  # image that fails by its key too.
+  def parse(record, shard, index):
+    x = tfrecord.parse_example(record)
+    where = tf.strings.join([shard, " record ", tf.strings.as_string(index)])
+    return x["encoded"], x["text"], x["key"], where
 
-  def fallback(path, text):
+  parsed = _guarded_map(
+      records, parse, lambda record, shard, index: tf.strings.join(
+          [shard, " record ", tf.strings.as_string(index)]), _BAD_RECORD,
+      "(not a tf.train.Example of the schema in ctc_trainer/data/tfrecord.py).",
+      "skipping an unparsable record", skip)
+  examples = _decode_each(
+      parsed, cfg, load=lambda encoded, text, key, where: (encoded, text, key),
+      name_of=lambda encoded, text, key, where: tf.strings.join([key, " (", where, ")"]))
+  if cfg.unknown_char_policy == "skip":
+    return _drop_unknown_labels(examples, charset)
+  return examples   # policy 'error': _add_labels checks each batch
+
+
+def _read_shard(path: tf.Tensor, size: tf.Tensor, compression: str,
+                skip: bool) -> tf.data.Dataset:
+  """One shard -> (record, shard path, record index) elements.
+
+  tf.data's read errors do not name the file, and a truncated GZIP shard reads
+  without any error, so shards are checked by size instead: a read error ends the
+  shard (ignore_errors), and if the records read do not add up to `size` (the
+  file's size, or a GZIP file's uncompressed size from its trailer), the shard is
+  reported by name: an error (policy 'error') or a warning, keeping the records
+  before the damage (policy 'skip').
+  """
+  records = tf.data.TFRecordDataset(path, compression_type=compression)
+  items = records.ignore_errors().map(lambda record: (record, False))
+  end = tf.data.Dataset.from_tensors((tf.constant(b""), True))
+
+  def account(state, item):
+    index, consumed = state
+    record, last = item
+    if last:
+      complete = tf.equal(consumed, size)
+      if not skip:
+        tf.debugging.Assert(complete, [
+            _BAD_SHARD, path, "after record", index, ": expected", size, "bytes of "
+            "records, read", consumed, ". Rewrite it, or set --bad_sample_policy=skip."])
+      elif not complete:
+        tf.print("WARNING ctc_trainer: truncated or corrupt TFRecord shard", path,
+                 "- using its first", index, "records", output_stream=sys.stderr)
+    consumed += tf.cast(tf.strings.length(record), tf.int64) + tfrecord.RECORD_OVERHEAD
+    if compression:   # the trailer holds the size modulo 2**32
+      consumed = consumed % (1 << 32)
+    return (index + 1, consumed), (record, path, index, last)
+
+  zero = tf.constant(0, tf.int64)
+  checked = items.concatenate(end).scan((zero, zero), account)
+  return checked.filter(lambda record, shard, index, last: tf.logical_not(last)).map(
+      lambda record, shard, index, last: (record, shard, index))
+
+
+# --- per-example stages -----------------------------------------------------------------
+
+def _decode_each(ds: tf.data.Dataset, cfg: DataConfig, load, name_of) -> tf.data.Dataset:
+  """Elements -> {inputs, input_length, text, key}, decoded in parallel: images
+  [H, W, C] with their width, or audio features [T, F] with their frames.
+
+  load(*element) -> (encoded bytes, text, key) and the decode may fail; such an
+  element is dropped and named by name_of(*element) (see _guarded_map): an error
+  (policy 'error') or a counted warning (policy 'skip').
+  """
+  audio = cfg.modality == "audio"
+
+  def decode(*element):
+    encoded, text, key = load(*element)
+    if audio:
+      inputs, length = audio_lib.decode_and_featurize(encoded, cfg.audio)
+    else:
+      inputs, length = image_lib.decode_and_resize(
+          encoded, cfg.image_height, cfg.image_channels, cfg.max_image_width)
+    return {"inputs": inputs, "input_length": length, "text": text, "key": key}
+
+  if audio:
+    rate = ("any rate, resampled to " if cfg.audio.resample_policy == "resample"
+            else "") + f"{cfg.audio.sample_rate} Hz"
+    return _guarded_map(ds, decode, name_of, _BAD_AUDIO,
+                        f"expected a 16-bit PCM WAV of {rate}, at most "
+                        f"{cfg.audio.max_audio_seconds:g} s",
+                        "skipping unreadable or undecodable audio",
+                        skip=cfg.bad_sample_policy == "skip")
+  return _guarded_map(ds, decode, name_of, _BAD_IMAGE,
+                      "(empty, truncated or not PNG, JPEG, GIF or BMP). Fix or remove "
+                      "it, or set --bad_sample_policy=skip.",
+                      "skipping unreadable or undecodable image",
+                      skip=cfg.bad_sample_policy == "skip")
+
+
+def _guarded_map(ds: tf.data.Dataset, fn, name_of, failure: str, hint: str,
+                 warning: str, skip: bool) -> tf.data.Dataset:
+  """ds.map(fn), in parallel and in order; an element whose fn fails is dropped and
+  named: an error "[failure] [name] [hint]" (skip False) or "WARNING ctc_trainer:
+  {warning} NAME - skipped so far: N" on stderr.
+
+  tf.data cannot catch one element's error, and ignore_errors drops it without a
+  trace. So the elements are numbered and each carries the names of the _RECENT
+  elements before it; fn runs with ignore_errors on chunks of _CHUNK elements, each
+  its own small dataset (so that errors from stages before this one still stop the
+  pipeline instead of being ignored), and chunks are decoded in parallel, in order.
+  A gap in the numbers that come out is a failure, and the next element to arrive
+  names it. A finite stream gets an end marker, so that failures at its very end
+  are found too.
+  """
+  out_spec = ds.map(fn).element_spec
+  finite = int(ds.cardinality()) != tf.data.INFINITE_CARDINALITY
+  # (element, is_end) pairs; zip adds no function call per element, as a map would.
+  tagged = tf.data.Dataset.zip((ds, tf.data.Dataset.from_tensors(False).repeat()))
+  if finite:
+    zeros = tf.nest.map_structure(lambda spec: tf.zeros(spec.shape, spec.dtype),
+                                  ds.element_spec)
+    tagged = tagged.concatenate(tf.data.Dataset.from_tensors((zeros, True)))
+
+  def remember(state, item):
+    index, recent = state
+    x, is_end = item
+    x = x if isinstance(x, tuple) else (x,)
+    return ((index + 1, tf.concat([[name_of(*x)], recent[:-1]], 0)),
+            (index, is_end, recent, x))
+
+  def apply(index, is_end, recent, x):
+    if not finite:   # no end marker to step over
+      return index, is_end, recent, fn(*x)
+    out = tf.cond(is_end, lambda: tf.nest.map_structure(
+        lambda spec: tf.zeros([d or 0 for d in spec.shape], spec.dtype), out_spec),
+                  lambda: fn(*x))
+    return index, is_end, recent, out
+
+  def check(state, item):
+    expected, skipped = state
+    index, is_end, recent, out = item
+    missing = index - expected
     if not skip:
-      tf.debugging.Assert(False, [
-          _BAD_IMAGE, path, "(empty, truncated or not PNG, JPEG, "
-          "GIF or BMP). Fix or remove it, or set --bad_sample_policy=skip."])
-    empty = tf.zeros([cfg.image_height, 1, cfg.image_channels], tf.float32)
-    return {"inputs": empty, "input_length": tf.constant(1), "text": text, "key": path,
-            "ok": tf.constant(False)}
+      oldest = recent[tf.clip_by_value(missing - 1, 0, _RECENT - 1)]
+      tf.debugging.Assert(missing <= 0, [failure, oldest, hint])
+    elif missing > 0:
+      named = recent[:tf.minimum(missing, _RECENT)][::-1]   # oldest first
+      unnamed = missing - tf.size(named, tf.int64)
+      if unnamed > 0:
+        skipped += unnamed
+        tf.print("WARNING ctc_trainer:", warning, "-", unnamed, "in a row, too many to "
+                 "name - skipped so far:", skipped, output_stream=sys.stderr)
+      for name in named:
+        skipped += 1
+        # stderr, not the C++ log: TF_CPP_MIN_LOG_LEVEL, often set to quiet
+        # TensorFlow, would hide the warning.
+        tf.print("WARNING ctc_trainer:", warning, name, "- skipped so far:", skipped,
+                 output_stream=sys.stderr)
+    return (index + 1, skipped), ((is_end, out) if finite else out)
 
-  def one_sample(path, text):
-    pair = tf.data.Dataset.from_tensors((path, text))
-    decoded = pair.map(decode).ignore_errors()
-    return decoded.concatenate(pair.map(fallback)).take(1)
+  zero = tf.constant(0, tf.int64)
+  numbered = tagged.scan((zero, tf.fill([_RECENT], "")), remember)
+  mapped = numbered.batch(_CHUNK).interleave(
+      lambda *chunk: tf.data.Dataset.from_tensor_slices(chunk).map(apply).ignore_errors(),
+      cycle_length=AUTOTUNE, block_length=_CHUNK, num_parallel_calls=AUTOTUNE,
+      deterministic=True)
+  checked = mapped.scan((zero, zero), check)
+  if not finite:
+    return checked
+  return checked.filter(lambda is_end, out: tf.logical_not(is_end)).map(
+      lambda is_end, out: out)
 
-  ds = ds.interleave(one_sample, cycle_length=_DECODE_CYCLE, block_length=1,
-                     num_parallel_calls=AUTOTUNE, deterministic=True)
-  if skip:
-    ds = ds.scan(tf.constant(0, tf.int64), _warn_on_skip).filter(lambda x: x["ok"])
+
+def _drop_unknown_labels(ds: tf.data.Dataset, charset: Charset) -> tf.data.Dataset:
+  """Drops examples whose label has characters outside the charset, each with a
+  counted warning (unknown_char_policy 'skip' for TFRecords; listed samples are
+  checked when listed, in sources)."""
+  def mark(x):
+    ok = tf.reduce_all(charset.encode(x["text"][None]).flat_values >= 0)
+    return dict(x, ok=ok)
+
+  ds = _drop_bad(ds.map(mark, num_parallel_calls=AUTOTUNE),
+                 "skipping a label with characters not in the charset")
   return ds.map(lambda x: {k: v for k, v in x.items() if k != "ok"})
 
 
-def _warn_on_skip(skipped: tf.Tensor, element: Dict[str, tf.Tensor]):
-  """scan fn: counts dropped images and logs each with the count since the start."""
-  if not element["ok"]:
-    skipped += 1
-    # stderr, not the C++ log: TF_CPP_MIN_LOG_LEVEL, often set to quiet TensorFlow,
-    # would hide the warning.
-    tf.print("WARNING ctc_trainer: skipping unreadable or undecodable image",
-             element["key"], "- skipped so far:", skipped, output_stream=sys.stderr)
-  return skipped, element
+def _drop_bad(ds: tf.data.Dataset, warning: str) -> tf.data.Dataset:
+  """Drops elements whose "ok" is False, logging each with the count since the start."""
+  def count(skipped, element):
+    if not element["ok"]:
+      skipped += 1
+      # stderr, not the C++ log: TF_CPP_MIN_LOG_LEVEL, often set to quiet TensorFlow,
+      # would hide the warning.
+      tf.print("WARNING ctc_trainer:", warning, element["key"], "- skipped so far:",
+               skipped, output_stream=sys.stderr)
+    return skipped, element
+
+  return ds.scan(tf.constant(0, tf.int64), count).filter(lambda x: x["ok"])
+
+
+# --- batching ------------------------------------------------------------------------
+
+def _examples_to_batches(ds: tf.data.Dataset, charset: Charset, batch_size: int,
+                         widths: Tuple[int, ...], drop_remainder: bool) -> tf.data.Dataset:
+  """Examples -> batch dicts: padded to a bucket width (or the batch's widest image),
+  labels encoded, prefetched."""
+  if widths:
+    # Bucket i holds widths in [widths[i-1] + 1, widths[i]] and pads to widths[i]
+    # (pad_to_bucket_boundary pads to boundary - 1); the extra last bucket that
+    # bucket_by_sequence_length adds stays empty, as no width exceeds widths[-1].
+    ds = ds.bucket_by_sequence_length(
+        lambda x: x["input_length"], bucket_boundaries=[w + 1 for w in widths],
+        bucket_batch_sizes=[batch_size] * (len(widths) + 1),
+        pad_to_bucket_boundary=True, drop_remainder=drop_remainder)
+  else:
+    ds = ds.padded_batch(batch_size, drop_remainder=drop_remainder)
+  ds = ds.map(lambda batch: _add_labels(batch, charset), num_parallel_calls=AUTOTUNE)
+  return ds.prefetch(AUTOTUNE)
 
 
 def _add_labels(batch: Dict[str, tf.Tensor], charset: Charset) -> Dict[str, tf.Tensor]:
-  """Encodes the batch's texts: labels int32 [B, L] padded with 0, label_length [B]."""
+  """Encodes the batch's texts: labels int32 [B, L] padded with 0, label_length [B].
+
+  A character outside the charset (possible only in TFRecords; listed samples were
+  checked when listed) is an error naming the first such example's key and label.
+  """
   ids = charset.encode(batch["text"])
+  unknown = tf.reduce_any(ids < 0, axis=1)
+  first = tf.argmax(tf.cast(unknown, tf.int32))
+  tf.debugging.Assert(tf.logical_not(tf.reduce_any(unknown)), [
+      _BAD_LABEL, batch["key"][first], batch["text"][first],
+      "(--unknown_char_policy=skip drops such samples)"])
   batch["labels"] = ids.to_tensor(0)
   batch["label_length"] = tf.cast(ids.row_lengths(), tf.int32)
   return batch
+
+
+# --- length statistics --------------------------------------------------------------------
+
+def _scan_sizes(samples: SampleList) -> np.ndarray:
+  """Original (height, width) of up to _SCAN_SIZES samples spread over the set -> [n, 2].
+
+  Image headers only (Pillow reads a few hundred bytes per file), or the TFRecord
+  height/width features. Unreadable images are left out.
+  """
+  if samples.shards:
+    return tfrecord.scan_sizes(samples.shards, samples.compression, _SCAN_SIZES)
+  from PIL import Image  # late: only the file source needs it
+  step = max(1, len(samples.samples) // _SCAN_SIZES)
+  sizes = []
+  for sample in samples.samples[::step][:_SCAN_SIZES]:
+    try:
+      with Image.open(sample.path) as im:
+        sizes.append((im.height, im.width))
+    except (OSError, ValueError):
+      continue
+  return np.array(sizes, np.int64).reshape(-1, 2)
+
+
+def _bucketed_efficiency(widths: np.ndarray, buckets: Tuple[int, ...]) -> float:
+  """Valid / padded columns when every width is padded to its bucket."""
+  padded = np.array(buckets)[np.searchsorted(buckets, widths)]
+  return float(widths.sum() / padded.sum())
+
+
+def _unbucketed_efficiency(widths: np.ndarray, batch_size: int) -> float:
+  """Valid / padded columns of random batches padded to their widest image."""
+  rng = np.random.default_rng(0)
+  batches = len(widths) // batch_size
+  if not batches:
+    return float(widths.sum() / (len(widths) * widths.max()))
+  shuffled = rng.permutation(widths)[:batches * batch_size].reshape(batches, batch_size)
+  return float(shuffled.sum() / (shuffled.max(axis=1).sum() * batch_size))
 
 
 def _first_line(error: Exception) -> str:

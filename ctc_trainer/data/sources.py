@@ -7,6 +7,8 @@ Formats (DataConfig.data_format; docs/data_formats.md has examples):
              stripped so duplicates can be written 'ab12c_3.png'.
   sidecar    OCRopus/Calamari: NAME.png (or NAME.bin.png, NAME.nrm.png) + NAME.gt.txt.
   synthetic  generated once by synthetic.ensure_dataset, then read as tsv.
+  tfrecord   a file pattern of TFRecord shards (data/tfrecord.py); nothing is listed
+             up front, the shards are the list.
 """
 
 import collections
@@ -16,6 +18,8 @@ import dataclasses
 import os
 import re
 from typing import Dict, Iterable, Iterator, List, Optional, Tuple
+
+import numpy as np
 
 from absl import logging
 
@@ -45,11 +49,25 @@ class Sample:
 
 @dataclasses.dataclass
 class SampleList:
+  """The samples of a split, or for data_format=tfrecord its shards (samples empty)."""
   samples: List[Sample]
   skipped: Dict[str, int]   # reason -> count
+  # Each dropped sample: (path, reason, message), for tools/make_tfrecords' report.
+  rejected: List[Tuple[str, str, str]] = dataclasses.field(default_factory=list)
+  shards: List[str] = dataclasses.field(default_factory=list)   # tfrecord files
+  compression: str = ""     # tfrecord: "" or "GZIP"
+  # Original (height, width) of a spread of samples, read once for length bucketing.
+  size_scan: Optional[np.ndarray] = dataclasses.field(default=None, repr=False)
 
   def __len__(self) -> int:
     return len(self.samples)
+
+  def label_texts(self) -> Iterator[str]:
+    """Every label: from the list, or read from the shards (one pass over the data)."""
+    if self.shards:
+      from ctc_trainer.data import tfrecord  # late: imports TensorFlow
+      return tfrecord.read_texts(self.shards, self.compression)
+    return (s.text for s in self.samples)
 
   @property
   def paths(self) -> List[str]:
@@ -73,6 +91,11 @@ def load_samples(cfg: DataConfig, split: str,
   location = cfg.train_data if split == "train" else cfg.eval_data
   if not location:
     raise DataError(f"no {split} data given (--{split}_data is empty)")
+  if cfg.data_format == "tfrecord":
+    from ctc_trainer.data import tfrecord  # late: imports TensorFlow
+    shards = tfrecord.list_shards(location)
+    return SampleList([], {}, shards=shards,
+                      compression=tfrecord.compression_of(shards, cfg.tfrecord_compression))
   candidates, pre_skipped = _list_candidates(cfg, split, location)
   candidates = list(candidates)
   if not candidates and not pre_skipped:
@@ -87,7 +110,7 @@ def load_samples(cfg: DataConfig, split: str,
 
 # --- formats -------------------------------------------------------------------
 
-Skips = List[Tuple[str, str]]   # (reason, message) of each dropped sample
+Skips = List[Tuple[str, str, str]]   # (reason, message, path) of each dropped sample
 
 
 def _list_candidates(cfg: DataConfig, split: str,
@@ -103,7 +126,7 @@ def _list_candidates(cfg: DataConfig, split: str,
     return list_filenames(location), []
   if fmt == "sidecar":
     samples, no_transcript = list_sidecar(location)
-    return samples, [("no transcript", f"{p} has no .gt.txt") for p in no_transcript]
+    return samples, [("no transcript", f"{p} has no .gt.txt", p) for p in no_transcript]
   if fmt == "synthetic":
     from ctc_trainer.data import synthetic  # late: synthetic imports Pillow
     size = cfg.synthetic_train_size if split == "train" else cfg.synthetic_eval_size
@@ -204,7 +227,7 @@ def _filter(candidates: Iterable[Sample], cfg: DataConfig, charset: Optional[Cha
       message = f"{sample.origin}: image file {sample.path} does not exist"
       if cfg.bad_sample_policy == "error":
         raise DataError(message + " (--bad_sample_policy=skip drops such samples)")
-      skips.append(("missing file", message))
+      skips.append(("missing file", message, sample.path))
       continue
     unknown = charset.unknown_chars(sample.text) if charset is not None else None
     if unknown:
@@ -213,14 +236,14 @@ def _filter(candidates: Iterable[Sample], cfg: DataConfig, charset: Optional[Cha
                  f"charset: {chars}")
       if cfg.unknown_char_policy == "error":
         raise DataError(message + " (--unknown_char_policy=skip drops such samples)")
-      skips.append(("unknown character", message))
+      skips.append(("unknown character", message, sample.path))
       continue
     kept.append(sample)
-  skipped = dict(collections.Counter(reason for reason, _ in skips))
+  skipped = dict(collections.Counter(reason for reason, _, _ in skips))
   if skips:
-    examples = "; ".join(m for _, m in skips[:_EXAMPLES_LOGGED])
+    examples = "; ".join(m for _, m, _ in skips[:_EXAMPLES_LOGGED])
     logging.warning("Skipped %d samples %s; first: %s", len(skips), skipped, examples)
-  return SampleList(kept, skipped)
+  return SampleList(kept, skipped, [(p, r, m) for r, m, p in skips])
 
 
 # --- helpers ---------------------------------------------------------------------

@@ -27,3 +27,4 @@ def build(cfg: ModelConfig, num_classes: int, input_shape):
 
 
 from ctc_trainer.models import crnn  # noqa: E402,F401  (registers itself)
+from ctc_trainer.models import speech  # noqa: E402,F401  (registers itself)

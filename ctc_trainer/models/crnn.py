@@ -24,7 +24,9 @@ class CRNN(keras.Model):
       pool = (2, 2) if i < _WIDTH_POOLS else (2, 1)
       self.blocks.append([
           keras.layers.Conv2D(filters, 3, padding="same", use_bias=False),
-          keras.layers.BatchNormalization(),
+          # Synchronized: under several replicas the statistics are of the global
+          # batch, so training matches one device (a no-op on one replica).
+          keras.layers.BatchNormalization(synchronized=True),
           keras.layers.ReLU(),
           keras.layers.MaxPooling2D(pool, strides=pool, padding="same"),
       ])
@@ -33,7 +35,8 @@ class CRNN(keras.Model):
         for _ in range(cfg.rnn_layers)
     ]
     self.dropout = keras.layers.Dropout(cfg.dropout)
-    self.classifier = keras.layers.Dense(num_classes)
+    # Logits in float32 under any mixed precision policy: CTC needs the range.
+    self.classifier = keras.layers.Dense(num_classes, dtype="float32")
 
   def output_length(self, input_length):
     """Valid output frames for valid input widths: int32 [B] -> int32 [B]."""
