@@ -57,6 +57,8 @@ class DataConfig:
   image_height: int = 32
   image_channels: int = 1
   max_image_width: int = 2048     # wider images are resized down to this width
+  too_wide_policy: str = "resize"  # or "skip": drop images wider than max_image_width
+  max_label_length: int = 0       # longer labels are bad samples; 0 = no limit
   batch_size: int = 32
   eval_batch_size: int = 64
   shuffle_buffer: int = 2048
@@ -187,6 +189,13 @@ flags.DEFINE_integer("image_height", _D.image_height,
                      "Images are resized to this height, keeping the aspect ratio.")
 flags.DEFINE_enum("image_channels", str(_D.image_channels), ("1", "3"),
                   "1: grayscale, 3: RGB.")
+flags.DEFINE_enum("too_wide_policy", _D.too_wide_policy, ("resize", "skip"),
+                  "An image wider than --max_image_width after resizing to "
+                  "--image_height: resize (squeeze it to that width) or skip it, "
+                  "with a warning naming it.")
+flags.DEFINE_integer("max_label_length", _D.max_label_length,
+                     "Labels longer than this many characters are bad samples "
+                     "(--bad_sample_policy); 0 = no limit.")
 flags.DEFINE_integer("max_image_width", _D.max_image_width,
                      "Resized images wider than this are squeezed to this width.")
 flags.DEFINE_integer("batch_size", _D.batch_size, "Global training batch size.")
@@ -284,7 +293,7 @@ _POSITIVE = ("image_height", "max_image_width", "batch_size", "eval_batch_size",
 _NON_NEGATIVE = ("warmup_steps", "num_text_samples", "num_image_samples",
                  "eval_max_batches", "synthetic_train_size", "synthetic_eval_size",
                  "spec_augment_time_masks", "spec_augment_time_mask_frames",
-                 "spec_augment_freq_masks", "spec_augment_freq_mask_bins")
+                 "spec_augment_freq_masks", "spec_augment_freq_mask_bins", "max_label_length")
 for _name in _POSITIVE:
   flags.register_validator(_name, lambda v: v is not None and v > 0,
                            message=f"--{_name} must be > 0")
@@ -331,6 +340,7 @@ def from_flags(fl: flags.FlagValues = flags.FLAGS, need_train: bool = True,
           freq_mask_bins=fl.spec_augment_freq_mask_bins),
       image_height=fl.image_height,
       image_channels=int(fl.image_channels), max_image_width=fl.max_image_width,
+      too_wide_policy=fl.too_wide_policy, max_label_length=fl.max_label_length,
       batch_size=fl.batch_size, eval_batch_size=fl.eval_batch_size,
       shuffle_buffer=fl.shuffle_buffer, seed=fl.seed,
       bucket_boundaries=fl.bucket_boundaries,

@@ -33,6 +33,7 @@ from absl import logging
 from ctc_trainer import ctc, loop, metrics
 from ctc_trainer.charset import Charset
 from ctc_trainer.config import Config, ConfigError, DataConfig
+from ctc_trainer.data import audio as audio_lib
 from ctc_trainer.data import image as image_lib
 from ctc_trainer.data import pipeline, sources
 
@@ -75,12 +76,12 @@ class ServingModule(tf.Module):
     # saved with it: the charset travels inside the SavedModel.
     self._charset = Charset(charset.symbols)
     self.charset_tables = self._charset.tables()
-    height, channels = data_cfg.image_height, data_cfg.image_channels
     bytes_spec = tf.TensorSpec([None], tf.string, name="image_bytes")
     self.preprocess = tf.function(self._preprocess, input_signature=[bytes_spec])
     self.serve_bytes = tf.function(self._serve_bytes, input_signature=[bytes_spec])
     self.serve_features = tf.function(self._serve_features, input_signature=[
-        tf.TensorSpec([None, height, None, channels], tf.float32, name="inputs"),
+        tf.TensorSpec([None, *pipeline.input_shape(data_cfg)], tf.float32,
+                      name="inputs"),
         tf.TensorSpec([None], tf.int32, name="input_length")])
 
   @classmethod
@@ -106,6 +107,10 @@ class ServingModule(tf.Module):
         ["empty image bytes at batch index", tf.where(empty)[:, 0]], summarize=10)
     with tf.control_dependencies([check]):
       image_bytes = tf.identity(image_bytes)
+    if d.modality == "audio":
+      # WAV bytes -> log-mel [B, T_max, F], zero-padded as the pipeline's batches.
+      inputs, input_length = audio_lib.featurize_batch(image_bytes, d.audio)
+      return inputs * self._input_scale, input_length
 
     def one_image(encoded):
       image, _ = image_lib.decode_and_resize(encoded, height, channels, d.max_image_width)
@@ -197,7 +202,7 @@ class Transcription:
 def image_paths(args: Sequence[str], manifest: Optional[str] = None) -> List[str]:
   """Image paths from file and folder arguments, then a manifest, in that order.
 
-  A folder gives its image files (sources.IMAGE_EXTENSIONS), sorted; a file is taken
+  A folder gives its image and WAV files, sorted; a file is taken
   as it is; a manifest gives the first tab-separated column of each non-empty line,
   relative paths resolved against its folder (so a training TSV works). Raises
   DataError for an argument that does not exist, so that a typo stops before any work.
@@ -206,7 +211,7 @@ def image_paths(args: Sequence[str], manifest: Optional[str] = None) -> List[str
   for arg in args:
     if os.path.isdir(arg):
       paths.extend(os.path.join(arg, name) for name in sorted(os.listdir(arg))
-                   if name.lower().endswith(sources.IMAGE_EXTENSIONS)
+                   if name.lower().endswith(sources.IMAGE_EXTENSIONS + (".wav",))
                    and os.path.isfile(os.path.join(arg, name)))
     elif os.path.exists(arg):
       paths.append(arg)

@@ -21,7 +21,7 @@ from ctc_trainer import distribute, metrics, models, summaries
 from ctc_trainer.charset import Charset
 from ctc_trainer.checkpoints import Checkpoints
 from ctc_trainer.config import Config, OptimConfig
-from ctc_trainer.data import pipeline, sources
+from ctc_trainer.data import pipeline, sources, throughput
 from ctc_trainer.steps import Steps, make_steps
 
 CHARSET_FILE = "charset.txt"
@@ -220,8 +220,8 @@ class _Interval:
     self.nonfinite_run = tf.constant(0.0) if nonfinite_run is None else nonfinite_run
     self.max_run = self.nonfinite_run
 
-  def add(self, out, wait: float) -> None:
-    out = dict(out)
+  def add(self, out, wait: float, padding) -> None:
+    out = dict(out, **padding)
     for name, keys in self.keys.items():
       keys.append(out.pop(name))
     self.nonfinite_run = (self.nonfinite_run + 1.0) * out["skipped"]
@@ -257,13 +257,15 @@ def _log_interval(interval: _Interval, step: int, trainer: Trainer, writer,
       "input_wait_fraction": interval.wait / elapsed,
       "infeasible": host["infeasible"],
       "skipped_steps": host["skipped"],
+      "padding_efficiency": host["valid_columns"] / max(host["padded_columns"], 1.0),
   }
   summaries.write_scalars(writer, step, "train", scalars)
   run_start, run_start_step = progress
   rate = (step - run_start_step) / max(now - run_start, 1e-9)
-  logging.info("step %d/%d  loss %.4f  %.0f ex/s  input wait %.0f%%  ETA %s",
-               step, loop.train_steps, scalars["loss"], scalars["examples_per_sec"],
-               100 * scalars["input_wait_fraction"],
+  logging.info("step %d/%d  loss %.4f  %.0f ex/s  input wait %.0f%%  padding "
+               "efficiency %.0f%%  ETA %s", step, loop.train_steps, scalars["loss"],
+               scalars["examples_per_sec"], 100 * scalars["input_wait_fraction"],
+               100 * scalars["padding_efficiency"],
                summaries.format_duration((loop.train_steps - step) / rate))
   if keys["infeasible_keys"]:
     logging.warning("%d examples have labels longer than the model's output frames "
@@ -322,7 +324,8 @@ def train_and_evaluate(cfg: Config) -> Dict[str, float]:
       batch = _next_batch(iterator, train_samples)
       wait = time.time() - fetch_start
       try:
-        interval.add(trainer.steps.train_step(batch), wait)
+        interval.add(trainer.steps.train_step(batch), wait,
+                   throughput.padding_sums(batch, trainer.strategy))
       except distribute.PEER_ERRORS as e:
         raise distribute.peer_lost(e, step + 1) from None
       step += 1

@@ -48,12 +48,12 @@ def test_bucket_widths_from_the_flag(manifest):
   assert widths("none") == ()
   assert widths("96,32,64,500") == (32, 64, 96, 400)   # sorted, capped, max added
   auto = widths("auto")
-  # 96 samples, batch 4: enough for the most buckets (8); multiples of 8; the
-  # widest bucket is the widest scanned image, then max_image_width for the rest.
-  assert 5 <= len(auto) <= 9 and auto[-1] == 400
-  assert all(w % 8 == 0 for w in auto[:-1]) and auto[-2] >= max(WIDTHS)
+  # 96 samples, batch 4: 6 quantile buckets, multiples of 8, the widest holding the
+  # widest image (161 -> 168); then doubling it (322 -> 328) up to max_image_width.
+  assert len(auto) == 8 and auto[-3:] == (168, 328, 400)
+  assert all(w % 8 == 0 for w in auto[:-1])
   assert widths("auto", batch=24) == ()                # too few samples per bucket
-  assert len(widths("auto", batch=12)) == 3            # 96 // (4 * 12) = 2 buckets
+  assert widths("auto", batch=12)[1:] == (168, 328, 400)   # 96 // (4 * 12) = 2
 
 
 @pytest.mark.parametrize("split", ["train", "eval"])

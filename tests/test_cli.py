@@ -115,3 +115,12 @@ def test_out_of_charset_label_names_file_and_line(tmp_path):
   assert proc.returncode == 2
   assert "m.tsv:2" in proc.stderr and "'é'" in proc.stderr
   assert "Traceback" not in proc.stderr
+
+
+def test_input_only_reports_throughput_without_training(tmp_path):
+  proc = run("ctc_trainer.train", f"--workdir={tmp_path / 'w'}", "--input_only",
+             "--train_steps=5", f"--train_data={tmp_path / 'train'}",
+             f"--eval_data={tmp_path / 'eval'}", *TINY)
+  assert "input only:" in proc.stdout and "examples/s" in proc.stdout
+  assert "padding efficiency" in proc.stdout
+  assert not (tmp_path / "w" / "checkpoints").exists()

@@ -4,7 +4,6 @@ evaluation and transcription of WAVs on a tiny generated set."""
 import dataclasses
 import filecmp
 import glob
-import inspect
 import os
 import subprocess
 import sys
@@ -27,8 +26,6 @@ RATE = 8000
 TINY_DS2 = ModelConfig(name="ds2", conv_filters=(8, 8), rnn_units=16, rnn_layers=1,
                        rnn_cell="gru", dropout=0.0)
 FEATURES = AudioConfig(sample_rate=RATE, num_mel_bins=16, max_audio_seconds=5)
-# export.py serves audio once its ServingModule preprocesses with audio.featurize_batch.
-EXPORT_SERVES_AUDIO = "featurize_batch" in inspect.getsource(export)
 
 
 # --- the model ---------------------------------------------------------------------
@@ -260,8 +257,6 @@ def test_wav_bytes_transcribe_as_evaluation_decodes(trained):
   assert serve_wavs(trainer, blobs) == [expected[p] for p in paths]
 
 
-@pytest.mark.skipif(not EXPORT_SERVES_AUDIO, reason="export.py does not serve audio "
-                    "models yet (docs/speech.md, Export)")
 def test_export_serves_wav_bytes(trained, tmp_path):
   cfg, _ = trained
   trainer = loop.setup(cfg, for_training=False)

@@ -58,7 +58,7 @@ def keys_of(dataset):
 
 ITEMS = [(f"{i:02d}.{'jpg' if i % 3 == 0 else 'png'}",
           image_bytes(10 + 3 * i, "JPEG" if i % 3 == 0 else "PNG"), text)
-         for i, text in enumerate(["ab", "h g", "ü", "", "aab", "cdef", "gg", "b"])]
+         for i, text in enumerate(["ab", "h g", "ü", "  h", "aab", "cdef", "gg", "b"])]
 
 
 @pytest.fixture

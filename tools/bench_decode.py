@@ -18,7 +18,6 @@ against the references. Prints a markdown table for docs/benchmarks.md.
 
 import os
 import string
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -248,7 +247,7 @@ def main(argv):
                    f"{FLAGS.synthetic_frames} frames", charset, batches, beam_width,
                    repeats)
   if FLAGS.workdir:
-    cli.apply_workdir_flags([sys.argv[0]])
+    cli.apply_workdir_flags()
     trainer, step = restore_run()
     rows += run_case(f"{os.path.basename(os.path.normpath(FLAGS.workdir))} "
                      f"step {step} eval", trainer.charset, eval_logits(trainer, num),

@@ -122,7 +122,7 @@ def keras_fit_variant(cfg, charset, stacked, jit_compile="auto"):
   dataset = repeat_batches(stacked, keys=("inputs", "labels"))
 
   def run(n):
-    model.fit(dataset, epochs=1, steps_per_epoch=n, verbose=0)
+    model.fit(dataset, epochs=1, steps_per_epoch=n, verbose=0, shuffle=False)
   run.note = f"jit_compile={model.jit_compile}"
   return run
 

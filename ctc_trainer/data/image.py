@@ -10,13 +10,9 @@ from typing import Tuple
 import numpy as np
 import tensorflow as tf
 
-# For each decoded channel count c (1 gray, 2 gray+alpha, 3 RGB, 4 RGBA), the indices
-# into [channels..., ones] that give R, G, B, A. Row 0 is unused: decode never gives 0.
-# NumPy, not tf.constant: importing this module must not start the TF runtime
-# (multi-worker collectives can only be configured before it starts).
-_TO_RGBA = np.array([[0, 0, 0, 0], [0, 0, 0, 1], [0, 0, 0, 1], [0, 1, 2, 3],
-                     [0, 1, 2, 3]], np.int32)
-# ITU-R 601 luma weights, normalised so that white stays exactly white.
+# ITU-R 601 luma weights, normalised so that white stays exactly white. NumPy, not
+# tf.constant: importing this module must not start the TF runtime (multi-worker
+# collectives can only be configured before it starts).
 _LUMA = np.array([0.2989, 0.5870, 0.1140], np.float32) / np.float32(0.9999)
 
 
@@ -26,16 +22,34 @@ def decode_image(encoded: tf.Tensor, channels: int) -> tf.Tensor:
   Gray, gray+alpha, RGB, RGBA, palette and 16-bit PNGs all work: decoding to float32
   keeps the full 16-bit precision, and transparency is composited onto white paper.
   """
+  if channels not in (1, 3):
+    raise ValueError(f"channels must be 1 or 3, got {channels}")
   image = tf.io.decode_image(encoded, dtype=tf.float32, expand_animations=False)
-  with_ones = tf.concat([image, tf.ones_like(image[..., :1])], axis=-1)
-  rgba = tf.gather(with_ones, tf.gather(_TO_RGBA, tf.shape(image)[-1]), axis=-1)
-  rgb, alpha = rgba[..., :3], rgba[..., 3:]
-  rgb = rgb * alpha + (1.0 - alpha)
-  if channels == 1:
-    return tf.clip_by_value(tf.tensordot(rgb, _LUMA, axes=1)[..., None], 0.0, 1.0)
-  if channels == 3:
-    return rgb
-  raise ValueError(f"channels must be 1 or 3, got {channels}")
+
+  def output(color, n):
+    """color [h, w, n] (n = 1 gray or 3 RGB), on white -> [h, w, channels]."""
+    color = tf.ensure_shape(color, [None, None, n])
+    if n == channels:
+      return color
+    if channels == 3:
+      return tf.tile(color, [1, 1, 3])
+    return tf.clip_by_value(tf.tensordot(color, _LUMA, axes=1)[..., None], 0.0, 1.0)
+
+  def on_white(color, alpha):
+    return color * alpha + (1.0 - alpha)
+
+  # One branch per decoded channel count, so a gray image costs no colour work
+  # (a gather over the channels of a full-size line image dominated decoding).
+  gray = lambda: output(image[..., :1], 1)
+  branches = [
+      gray,                                                        # never 0
+      gray,
+      lambda: output(on_white(image[..., :1], image[..., 1:2]), 1),  # gray + alpha
+      lambda: output(image[..., :3], 3),                             # RGB
+      lambda: output(on_white(image[..., :3], image[..., 3:4]), 3),  # RGBA
+  ]
+  return tf.switch_case(tf.shape(image)[-1], branches)
+
 
 
 def resized_width(height: tf.Tensor, width: tf.Tensor, target_height: int,

@@ -145,9 +145,10 @@ def bucket_widths(cfg: DataConfig, samples: SampleList, batch_size: int,
   An image goes to the first bucket at least as wide as it and is padded to that
   width, so a batch has one of these widths. The last is always max_image_width, so
   every image has a bucket. cfg.bucket_boundaries: 'none' -> (); '64,128' -> those
-  widths; 'auto' -> widths at quantiles of up to 1,000 images' resized widths (read
-  from image headers or the TFRecord height/width features, once per SampleList),
-  as many buckets as the set can fill with a few batches each, at most 8.
+  widths; 'auto' -> widths at quantiles of the resized widths of up to 1,000 images
+  drawn at random (read from image headers or the TFRecord height/width features,
+  once per SampleList), as many as the set can fill with a few batches each (at
+  most 8), then doubling from the widest up to max_image_width.
   """
   setting = cfg.bucket_boundaries.strip().lower()
   if setting == "none":
@@ -177,7 +178,11 @@ def bucket_widths(cfg: DataConfig, samples: SampleList, batch_size: int,
   if count < 2:
     return ()
   edges = np.quantile(widths, np.arange(1, count + 1) / count, method="higher")
-  aligned = np.minimum(-(-edges // _ALIGN) * _ALIGN, longest)
+  # Above the widest scanned width, double up to the longest: an image wider than
+  # any scanned is padded to at most twice its width, never straight to the longest
+  # (a 2048-wide batch of captchas would cost the model ~20x a normal one).
+  ladder = [edges[-1] * 2 ** i for i in range(1, 32) if edges[-1] * 2 ** i < longest]
+  aligned = np.minimum(-(-np.concatenate([edges, ladder]) // _ALIGN) * _ALIGN, longest)
   buckets = tuple(sorted({int(w) for w in aligned} | {longest}))
   if first_scan:
     logging.info(
@@ -361,6 +366,9 @@ def _decode_each(ds: tf.data.Dataset, cfg: DataConfig, load, name_of) -> tf.data
   (policy 'error') or a counted warning (policy 'skip').
   """
   audio = cfg.modality == "audio"
+  # To skip too-wide images, measure their true resized width (no cap), drop below.
+  skip_wide = not audio and cfg.too_wide_policy == "skip"
+  max_width = 2 ** 30 if skip_wide else cfg.max_image_width
 
   def decode(*element):
     encoded, text, key = load(*element)
@@ -368,7 +376,7 @@ def _decode_each(ds: tf.data.Dataset, cfg: DataConfig, load, name_of) -> tf.data
       inputs, length = audio_lib.decode_and_featurize(encoded, cfg.audio)
     else:
       inputs, length = image_lib.decode_and_resize(
-          encoded, cfg.image_height, cfg.image_channels, cfg.max_image_width)
+          encoded, cfg.image_height, cfg.image_channels, max_width)
     return {"inputs": inputs, "input_length": length, "text": text, "key": key}
 
   if audio:
@@ -379,11 +387,25 @@ def _decode_each(ds: tf.data.Dataset, cfg: DataConfig, load, name_of) -> tf.data
                         f"{cfg.audio.max_audio_seconds:g} s",
                         "skipping unreadable or undecodable audio",
                         skip=cfg.bad_sample_policy == "skip")
-  return _guarded_map(ds, decode, name_of, _BAD_IMAGE,
-                      "(empty, truncated or not PNG, JPEG, GIF or BMP). Fix or remove "
-                      "it, or set --bad_sample_policy=skip.",
-                      "skipping unreadable or undecodable image",
-                      skip=cfg.bad_sample_policy == "skip")
+  decoded = _guarded_map(ds, decode, name_of, _BAD_IMAGE,
+                         "(empty, truncated or not PNG, JPEG, GIF or BMP). Fix or "
+                         "remove it, or set --bad_sample_policy=skip.",
+                         "skipping unreadable or undecodable image",
+                         skip=cfg.bad_sample_policy == "skip")
+  return decoded.filter(_fits_width(cfg.max_image_width)) if skip_wide else decoded
+
+
+def _fits_width(max_width: int):
+  """A filter keeping examples at most max_width wide, warning about the others."""
+  def fits(example):
+    ok = example["input_length"] <= max_width
+    def warn():
+      tf.print("WARNING ctc_trainer: skipping", example["key"], "- its width",
+               example["input_length"], "at this height exceeds --max_image_width",
+               max_width, "(--too_wide_policy=skip)", output_stream=sys.stderr)
+      return ok
+    return tf.cond(ok, lambda: ok, warn)
+  return fits
 
 
 def _guarded_map(ds: tf.data.Dataset, fn, name_of, failure: str, hint: str,
@@ -535,15 +557,23 @@ def _scan_sizes(samples: SampleList) -> np.ndarray:
   if samples.shards:
     return tfrecord.scan_sizes(samples.shards, samples.compression, _SCAN_SIZES)
   from PIL import Image  # late: only the file source needs it
-  step = max(1, len(samples.samples) // _SCAN_SIZES)
   sizes = []
-  for sample in samples.samples[::step][:_SCAN_SIZES]:
+  for sample in spread(samples.samples, _SCAN_SIZES):
     try:
       with Image.open(sample.path) as im:
         sizes.append((im.height, im.width))
     except (OSError, ValueError):
       continue
   return np.array(sizes, np.int64).reshape(-1, 2)
+
+
+def spread(items: list, limit: int) -> list:
+  """Up to `limit` of `items` drawn at random (seeded), in their order. Not every
+  k-th: a listing with a period (copies, sorted groups) would alias with it."""
+  if len(items) <= limit:
+    return items
+  chosen = np.random.default_rng(0).choice(len(items), size=limit, replace=False)
+  return [items[i] for i in np.sort(chosen)]
 
 
 def _bucketed_efficiency(widths: np.ndarray, buckets: Tuple[int, ...]) -> float:

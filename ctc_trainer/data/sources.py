@@ -229,6 +229,12 @@ def _filter(candidates: Iterable[Sample], cfg: DataConfig, charset: Optional[Cha
         raise DataError(message + " (--bad_sample_policy=skip drops such samples)")
       skips.append(("missing file", message, sample.path))
       continue
+    problem = _label_problem(sample, cfg.max_label_length)
+    if problem:
+      if cfg.bad_sample_policy == "error":
+        raise DataError(problem + " (--bad_sample_policy=skip drops such samples)")
+      skips.append(("bad label", problem, sample.path))
+      continue
     unknown = charset.unknown_chars(sample.text) if charset is not None else None
     if unknown:
       chars = ", ".join(repr(c) for c in sorted(unknown))
@@ -244,6 +250,17 @@ def _filter(candidates: Iterable[Sample], cfg: DataConfig, charset: Optional[Cha
     examples = "; ".join(m for _, m, _ in skips[:_EXAMPLES_LOGGED])
     logging.warning("Skipped %d samples %s; first: %s", len(skips), skipped, examples)
   return SampleList(kept, skipped, [(p, r, m) for r, m, p in skips])
+
+
+def _label_problem(sample: Sample, max_length: int) -> Optional[str]:
+  """Why a label cannot be trained on, or None. An empty or blank label usually means
+  a missing transcript, not an empty line, so it is a bad sample, not a target."""
+  if not sample.text.strip():
+    return f"{sample.origin}: the label of {sample.path} is empty or only whitespace"
+  if max_length and len(sample.text) > max_length:
+    return (f"{sample.origin}: the label of {sample.path} has {len(sample.text)} "
+            f"characters, more than --max_label_length={max_length}")
+  return None
 
 
 # --- helpers ---------------------------------------------------------------------
