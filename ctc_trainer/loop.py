@@ -98,7 +98,8 @@ def setup(cfg: Config, for_training: bool = True) -> Trainer:
   steps = make_steps(model, optimizer, charset, strategy,
                      distribute.distributed_spec(strategy, signature),
                      global_batch_size=cfg.data.batch_size, clip_norm=cfg.optim.clip_norm,
-                     beam_width=cfg.loop.beam_width, jit_compile=cfg.loop.jit_compile)
+                     beam_width=cfg.loop.beam_width, jit_compile=cfg.loop.jit_compile,
+                     beam_prune=cfg.loop.beam_prune)
   return Trainer(cfg, charset, strategy, model, optimizer, checkpoints, steps)
 
 

@@ -13,7 +13,7 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
-from ctc_trainer import ctc, metrics
+from ctc_trainer import ctc, decoding, metrics
 from ctc_trainer.charset import Charset
 
 
@@ -34,14 +34,19 @@ def _forward(model, batch, training):
 
 def make_steps(model, optimizer, charset: Charset, strategy: tf.distribute.Strategy,
                element_spec, global_batch_size: int, clip_norm: float,
-               beam_width: int, jit_compile: bool = False) -> Steps:
+               beam_width: int, jit_compile: bool = False,
+               beam_prune: bool = False) -> Steps:
   """Builds the two step functions for one model, optimizer and dataset spec.
 
   element_spec: the batch signature, or for several replicas the distributed
   dataset's element_spec (PerReplicaSpec values). jit_compile: XLA-compile the
-  forward and backward pass (the optimizer update stays outside XLA).
+  forward and backward pass (the optimizer update stays outside XLA). beam_prune:
+  eval decodes with decoding.pruned_beam_search_decode (same top-1, much faster on
+  trained models at wide beams; docs/benchmarks.md).
   """
   loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+  beam_decode = (decoding.pruned_beam_search_decode if beam_prune
+                 else ctc.beam_search_decode)
   num_replicas = strategy.num_replicas_in_sync
 
   def loss_and_grads(inputs, input_length, labels, label_length):
@@ -93,7 +98,7 @@ def make_steps(model, optimizer, charset: Charset, strategy: tf.distribute.Strat
     loss, feasible = ctc.ctc_loss(batch["labels"], batch["label_length"], logits,
                                   logit_length)
     greedy = charset.decode(ctc.greedy_decode(logits, logit_length))
-    beam_ids, _ = ctc.beam_search_decode(logits, logit_length, beam_width)
+    beam_ids, _ = beam_decode(logits, logit_length, beam_width)
     beam = charset.decode(beam_ids[0])
     sums = metrics.batch_sums(beam, batch["text"])
     greedy_sums = metrics.batch_sums(greedy, batch["text"])
