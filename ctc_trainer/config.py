@@ -394,7 +394,11 @@ def validate(cfg: Config, need_train: bool, need_eval: bool = True) -> None:
   for name, path in needed:
     if not path:
       raise ConfigError(f"--{name} is required")
-    if d.data_format != "synthetic" and not os.path.exists(path):
+    if d.data_format == "tfrecord":
+      import tensorflow as tf  # late, like models: TensorFlow
+      if not tf.io.gfile.glob(path):
+        raise ConfigError(f"--{name}={path} matches no file")
+    elif d.data_format != "synthetic" and not os.path.exists(path):
       raise ConfigError(f"--{name}={path} does not exist")
   audio_models = models.speech.AUDIO_MODELS
   if (d.modality == "audio") != (cfg.model.name in audio_models):

@@ -45,9 +45,8 @@ def load_charset(cfg: Config) -> Charset:
     charset = Charset.from_file(cfg.charset)
   else:
     train = sources.load_samples(cfg.data, "train", None)
-    charset = Charset.from_texts(s.text for s in train.samples)
-    logging.info("Built a charset of %d symbols from %d training labels",
-                 charset.size, len(train.samples))
+    charset = Charset.from_texts(train.label_texts())  # TFRecords: read from shards
+    logging.info("Built a charset of %d symbols from the training labels", charset.size)
   os.makedirs(cfg.workdir, exist_ok=True)
   charset.save(saved)
   return charset
@@ -118,7 +117,8 @@ def _next_batch(iterator, samples):
   """next(iterator), turning an input pipeline failure into a DataError naming the file."""
   try:
     return next(iterator)
-  except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
+  except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError,
+          tf.errors.DataLossError) as e:
     raise pipeline.explain_pipeline_error(e, samples) from None
 
 
