@@ -13,7 +13,8 @@ files:
   (b) ctc_trainer's file-manifest pipeline (pipeline.make_dataset on a tsv);
   (c) its TFRecord pipeline, on shards written by tfrecord.write_split.
   Each is timed over one epoch right after the files' pages were dropped from the
-  page cache (posix_fadvise DONTNEED: cold, so IO is in it) and again warm.
+  page cache (posix_fadvise DONTNEED: cold, so IO is in it) and again warm, in
+  --rounds rounds that take the approaches in turn; medians are reported.
   Steady state: the clock starts when the first batch arrives.
   (d) demo-model train steps/sec fed by the real pipeline vs by the same batches
       held in memory, for (b) and (a); alternating timed blocks, each after a few
@@ -59,6 +60,8 @@ flags.DEFINE_list("parts", ["throughput", "training", "rss"],
 flags.DEFINE_integer("captcha_images", 3000, "Images in the captcha set.")
 flags.DEFINE_integer("line_images", 1500, "Images in the text-line set.")
 flags.DEFINE_list("training_sets", ["captcha"], "(d): image kinds to train on.")
+flags.DEFINE_integer("rounds", 3, "(a)-(c): rounds; each measures every approach "
+                     "once cold and once warm, in turn, and the median is reported.")
 flags.DEFINE_integer("train_blocks", 3, "(d): timed blocks per feed and source.")
 flags.DEFINE_integer("rss_images", 600, "(e): captchas in the smaller set.")
 flags.DEFINE_integer("rss_scale", 10, "(e): the large set is this many times the "
@@ -229,6 +232,10 @@ def input_rates(make: Callable[[], tf.data.Dataset], batches: int,
   return {"cold": cold, "warm": warm}
 
 
+def median_rate(runs: List[Dict[str, throughput.InputStats]], kind: str) -> float:
+  return float(np.median([r[kind].examples_per_sec for r in runs]))
+
+
 def with_strings(batch):
   """The step's signature wants text and key; the Sequence has no strings (Keras
   cannot carry them), so they are filled in."""
@@ -240,15 +247,19 @@ def with_strings(batch):
 
 def train_rates(train_step, make: Callable[[], tf.data.Dataset], steps: int,
                 blocks: int) -> Dict[str, float]:
-  """Steps/sec fed by a fresh iterator of `make()` vs by the same batches in memory.
+  """Steps/sec fed by a fresh iterator of `make()` vs by the same batches in memory,
+  and the fraction of the real feed's time spent waiting for its next batch.
 
   Alternating blocks; each starts WARMUP_STEPS untimed steps into its batches (the
-  real pipeline fills its buffers meanwhile) and times the next `steps`.
+  real pipeline fills its buffers meanwhile) and times the next `steps`. Eager
+  execution is synchronous here (no accelerator queue), so the time in next() is
+  time the step waits for its batch.
   """
   iterator = iter(make())
   memory = [with_strings(next(iterator)) for _ in range(WARMUP_STEPS + steps)]
   del iterator
   seconds = {"real": 0.0, "memory": 0.0}
+  waiting = 0.0
   for _ in range(blocks):
     for feed in ("memory", "real"):
       batches = iter(memory) if feed == "memory" else iter(make())
@@ -256,10 +267,16 @@ def train_rates(train_step, make: Callable[[], tf.data.Dataset], steps: int,
         train_step(with_strings(next(batches)))
       start = time.time()
       for _ in range(steps):
-        out = train_step(with_strings(next(batches)))
+        before = time.time()
+        batch = with_strings(next(batches))
+        if feed == "real":
+          waiting += time.time() - before
+        out = train_step(batch)
       float(out["loss_sum"])   # the last step has finished
       seconds[feed] += time.time() - start
-  return {feed: blocks * steps / s for feed, s in seconds.items()}
+  rates = {feed: blocks * steps / s for feed, s in seconds.items()}
+  rates["wait_fraction"] = waiting / seconds["real"]
+  return rates
 
 
 def build_train_step(charset: Charset):
@@ -354,36 +371,45 @@ def throughput_table(image_sets: Dict[str, ImageSet], cores: int) -> str:
   rows = ["| set | approach | cold ex/s | warm ex/s | warm ex/s per core | "
           "cold, warm vs (a) | cold, warm vs (a) threads | padding eff. |",
           "|---|---|---:|---:|---:|---:|---:|---:|"]
+  rounds = 1 if FLAGS.quick else FLAGS.rounds
   for name, image_set in image_sets.items():
     batches = len(image_set.samples) // FLAGS.batch_size
     files = [s.path for s in image_set.samples.samples]
-    results = {
-        "(a) PyDataset + Pillow, workers=1": input_rates(
-            lambda: pydataset_feed(image_set, 1), batches, files),
-        f"(a) PyDataset + Pillow, workers={cores} threads": input_rates(
-            lambda: pydataset_feed(image_set, cores), batches, files),
-        "(b) ctc_trainer files": input_rates(ctc_feed(image_set, "files"), batches,
-                                             files),
-        "(c) ctc_trainer TFRecord": input_rates(ctc_feed(image_set, "tfrecord"),
-                                                batches, image_set.shards),
+    # approach -> (maker of its dataset, the files it reads)
+    approaches = {
+        "(a) PyDataset + Pillow, workers=1": (
+            lambda: pydataset_feed(image_set, 1), files),
+        f"(a) PyDataset + Pillow, workers={cores} threads": (
+            lambda: pydataset_feed(image_set, cores), files),
+        "(b) ctc_trainer files": (ctc_feed(image_set, "files"), files),
+        "(c) ctc_trainer TFRecord": (ctc_feed(image_set, "tfrecord"), image_set.shards),
     }
-    base, threads = list(results.values())[:2]
-    for approach, r in results.items():
+    # Rounds in turn, so that a change in the machine's load hits every approach.
+    runs = {approach: [] for approach in approaches}
+    for _ in range(rounds):
+      for approach, (make, read) in approaches.items():
+        runs[approach].append(input_rates(make, batches, read))
+    rates = {a: {k: median_rate(r, k) for k in ("cold", "warm")}
+             for a, r in runs.items()}
+    base, threads = list(rates.values())[:2]
+    for approach, r in rates.items():
       ratio = lambda ref: "{:.2f}x, {:.2f}x".format(
-          *(r[k].examples_per_sec / ref[k].examples_per_sec for k in ("cold", "warm")))
+          *(r[k] / ref[k] for k in ("cold", "warm")))
+      efficiency = runs[approach][-1]["warm"].padding_efficiency
       rows.append(
-          f"| {name} | {approach} | {r['cold'].examples_per_sec:,.0f} | "
-          f"{r['warm'].examples_per_sec:,.0f} | "
-          f"{r['warm'].examples_per_sec / cores:,.0f} | {ratio(base)} | "
-          f"{ratio(threads)} | {100 * r['warm'].padding_efficiency:.0f}% |")
-      logging.info("%s %s: %s", name, approach, r["warm"].describe())
-  return "### (a)-(c) Input pipeline alone, examples/sec\n\n" + "\n".join(rows)
+          f"| {name} | {approach} | {r['cold']:,.0f} | {r['warm']:,.0f} | "
+          f"{r['warm'] / cores:,.0f} | {ratio(base)} | {ratio(threads)} | "
+          f"{100 * efficiency:.0f}% |")
+      logging.info("%s %s: warm runs %s", name, approach,
+                   [f"{x['warm'].examples_per_sec:,.0f}" for x in runs[approach]])
+  return (f"### (a)-(c) Input pipeline alone, examples/sec (median of {rounds} "
+          "rounds)\n\n" + "\n".join(rows))
 
 
 def training_table(image_sets: Dict[str, ImageSet], train_steps: Dict[str, int],
                    blocks: int) -> str:
-  rows = ["| set | fed by | real steps/s | in-memory steps/s | real / in-memory |",
-          "|---|---|---:|---:|---:|"]
+  rows = ["| set | fed by | real steps/s | in-memory steps/s | real / in-memory | "
+          "time in next() |", "|---|---|---:|---:|---:|---:|"]
   for name, image_set in image_sets.items():
     train_step = build_train_step(image_set.charset)
     feeds = {"(b) ctc_trainer files": ctc_feed(image_set, "files"),
@@ -391,7 +417,8 @@ def training_table(image_sets: Dict[str, ImageSet], train_steps: Dict[str, int],
     for feed, make in feeds.items():
       rates = train_rates(train_step, make, train_steps[name], blocks)
       rows.append(f"| {name} | {feed} | {rates['real']:.2f} | {rates['memory']:.2f} | "
-                  f"{rates['real'] / rates['memory']:.3f} |")
+                  f"{rates['real'] / rates['memory']:.3f} | "
+                  f"{100 * rates['wait_fraction']:.1f}% |")
       logging.info("%s %s: %s", name, feed, rates)
   return ("### (d) Demo-model training, steps/sec: real pipeline vs the same batches "
           "from memory\n\n" + "\n".join(rows))

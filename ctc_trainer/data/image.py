@@ -22,34 +22,38 @@ def decode_image(encoded: tf.Tensor, channels: int) -> tf.Tensor:
   Gray, gray+alpha, RGB, RGBA, palette and 16-bit PNGs all work: decoding to float32
   keeps the full 16-bit precision, and transparency is composited onto white paper.
   """
+  return _convert_colour(_decode_on_white(encoded), channels)
+
+
+def _decode_on_white(encoded: tf.Tensor) -> tf.Tensor:
+  """Encoded bytes -> float32 [h, w, 1 or 3] (gray or RGB), transparency composited
+  onto white. Images without alpha (most) take no extra work: small tf.conds, not a
+  tf.switch_case, whose per-call cost in tf.data was as much as decoding a captcha."""
+  image = tf.io.decode_image(encoded, dtype=tf.float32, expand_animations=False)
+  bands = tf.shape(image)[-1]
+
+  def on_white():
+    alpha = image[..., -1:]
+    return image[..., :-1] * alpha + (1.0 - alpha)
+
+  # 2: gray + alpha, 4: RGBA.
+  return tf.cond(bands % 2 == 0, on_white, lambda: image)
+
+
+def _convert_colour(image: tf.Tensor, channels: int) -> tf.Tensor:
+  """float32 [h, w, 1 or 3] -> [h, w, channels]: RGB to gray by luma, or gray
+  replicated to RGB."""
   if channels not in (1, 3):
     raise ValueError(f"channels must be 1 or 3, got {channels}")
-  image = tf.io.decode_image(encoded, dtype=tf.float32, expand_animations=False)
-
-  def output(color, n):
-    """color [h, w, n] (n = 1 gray or 3 RGB), on white -> [h, w, channels]."""
-    color = tf.ensure_shape(color, [None, None, n])
-    if n == channels:
-      return color
-    if channels == 3:
-      return tf.tile(color, [1, 1, 3])
-    return tf.clip_by_value(tf.tensordot(color, _LUMA, axes=1)[..., None], 0.0, 1.0)
-
-  def on_white(color, alpha):
-    return color * alpha + (1.0 - alpha)
-
-  # One branch per decoded channel count, so a gray image costs no colour work
-  # (a gather over the channels of a full-size line image dominated decoding).
-  gray = lambda: output(image[..., :1], 1)
-  branches = [
-      gray,                                                        # never 0
-      gray,
-      lambda: output(on_white(image[..., :1], image[..., 1:2]), 1),  # gray + alpha
-      lambda: output(image[..., :3], 3),                             # RGB
-      lambda: output(on_white(image[..., :3], image[..., 3:4]), 3),  # RGBA
-  ]
-  return tf.switch_case(tf.shape(image)[-1], branches)
-
+  is_rgb = tf.shape(image)[-1] == 3
+  if channels == 1:
+    luma = lambda: tf.clip_by_value(
+        tf.tensordot(tf.ensure_shape(image, [None, None, 3]), _LUMA, axes=1)[..., None],
+        0.0, 1.0)
+    image = tf.cond(is_rgb, luma, lambda: image)
+  else:
+    image = tf.cond(is_rgb, lambda: image, lambda: tf.tile(image, [1, 1, 3]))
+  return tf.ensure_shape(image, [None, None, channels])
 
 
 def resized_width(height: tf.Tensor, width: tf.Tensor, target_height: int,
@@ -69,11 +73,20 @@ def decode_and_resize(encoded: tf.Tensor, height: int, channels: int,
   in tf.function and in tf.data.Dataset.map. Raises InvalidArgumentError when the
   bytes are not a decodable image.
   """
-  image = decode_image(encoded, channels)
+  image = _decode_on_white(encoded)
   shape = tf.shape(image)
   width = resized_width(shape[0], shape[1], height, max_width)
-  # Antialiasing matters when shrinking: without it thin strokes alias away.
-  image = tf.image.resize(image, tf.stack([height, width]), antialias=True)
+  size = tf.stack([height, width])
+  # Shrinking to under half size needs antialiasing, or thin strokes alias away. Down
+  # to half size, bilinear sampling at half-pixel centres already weighs every source
+  # pixel, at half the cost of the antialiased kernel on a text line.
+  shrinks_much = tf.logical_or(shape[0] > 2 * height, shape[1] > 2 * width)
+  image = tf.cond(shrinks_much,
+                  lambda: tf.image.resize(image, size, antialias=True),
+                  lambda: tf.image.resize(image, size))
+  # Colour conversion after resizing: both are linear, so the order does not change
+  # the result, and the resized image is the smaller one.
+  image = _convert_colour(image, channels)
   image = 1.0 - tf.clip_by_value(image, 0.0, 1.0)
   image = tf.ensure_shape(image, [height, None, channels])
   return image, width

@@ -45,8 +45,7 @@ _BAD_AUDIO = "Cannot read or decode audio"
 _BAD_SHARD = "Truncated or corrupt TFRecord shard"
 _BAD_LABEL = "Label has characters not in the charset"
 _BAD_RECORD = "Cannot parse record"
-_RECENT = 4   # failures in a row that an error or warning can name
-_CHUNK = 16   # elements per small dataset in _guarded_map
+_CHUNK = 64   # elements per small dataset in _guarded_map
 # Automatic length buckets: widths at quantiles of up to _SCAN_SIZES images' sizes,
 # at most _MAX_BUCKETS of them, fewer when the set has too few samples for each bucket
 # to fill _BATCHES_PER_BUCKET batches; widths rounded up to a multiple of _ALIGN.
@@ -287,28 +286,21 @@ def _tfrecord_examples(samples: SampleList, cfg: DataConfig, charset: Charset,
     files = files.shuffle(len(shards), seed=cfg.seed, reshuffle_each_iteration=True)
     files = files.repeat()
   skip = cfg.bad_sample_policy == "skip"
-  records = files.interleave(
+  # Chunks of up to _CHUNK records of one shard each; whole chunks are interleaved
+  # across shards and parsed with one vectorized parse each.
+  chunks = files.interleave(
       lambda path, size: _read_shard(path, size, samples.compression, skip),
       cycle_length=min(_SHARD_CYCLE, len(shards)), block_length=1,
       num_parallel_calls=AUTOTUNE)
+  parsed = chunks.interleave(_parse_chunk, cycle_length=AUTOTUNE,
+                             num_parallel_calls=AUTOTUNE)
+  parsed = parsed.scan(tf.constant(0, tf.int64), _unparsed_reporter(skip)).unbatch()
   if pipelines > 1 and not by_file:
-    records = records.shard(pipelines, input_context.input_pipeline_id)
+    parsed = parsed.shard(pipelines, input_context.input_pipeline_id)
   if shuffle_and_repeat:
-    records = records.shuffle(cfg.shuffle_buffer, seed=cfg.seed,
-                              reshuffle_each_iteration=True)
-
-  # Parse first, naming a record that fails by where it is; then decode, naming an
-  # image that fails by its key too.
-  def parse(record, shard, index):
-    x = tfrecord.parse_example(record)
-    where = tf.strings.join([shard, " record ", tf.strings.as_string(index)])
-    return x["encoded"], x["text"], x["key"], where
-
-  parsed = _guarded_map(
-      records, parse, lambda record, shard, index: tf.strings.join(
-          [shard, " record ", tf.strings.as_string(index)]), _BAD_RECORD,
-      "(not a tf.train.Example of the schema in ctc_trainer/data/tfrecord.py).",
-      "skipping an unparsable record", skip)
+    parsed = parsed.shuffle(cfg.shuffle_buffer, seed=cfg.seed,
+                            reshuffle_each_iteration=True)
+  # Decode, naming an image that fails by its key and where its record is.
   examples = _decode_each(
       parsed, cfg, load=lambda encoded, text, key, where: (encoded, text, key),
       name_of=lambda encoded, text, key, where: tf.strings.join([key, " (", where, ")"]))
@@ -319,22 +311,23 @@ def _tfrecord_examples(samples: SampleList, cfg: DataConfig, charset: Charset,
 
 def _read_shard(path: tf.Tensor, size: tf.Tensor, compression: str,
                 skip: bool) -> tf.data.Dataset:
-  """One shard -> (record, shard path, record index) elements.
+  """One shard -> chunks (records [n], where [n]) of up to _CHUNK records, where
+  naming each record as "SHARD record INDEX".
 
   tf.data's read errors do not name the file, and a truncated GZIP shard reads
   without any error, so shards are checked by size instead: a read error ends the
   shard (ignore_errors), and if the records read do not add up to `size` (the
   file's size, or a GZIP file's uncompressed size from its trailer), the shard is
   reported by name: an error (policy 'error') or a warning, keeping the records
-  before the damage (policy 'skip').
+  before the damage (policy 'skip'). The accounting runs once per chunk.
   """
   records = tf.data.TFRecordDataset(path, compression_type=compression)
-  items = records.ignore_errors().map(lambda record: (record, False))
-  end = tf.data.Dataset.from_tensors((tf.constant(b""), True))
+  chunks = records.ignore_errors().batch(_CHUNK).map(lambda chunk: (chunk, False))
+  end = tf.data.Dataset.from_tensors((tf.constant([], tf.string), True))
 
   def account(state, item):
     index, consumed = state
-    record, last = item
+    chunk, last = item
     if last:
       complete = tf.equal(consumed, size)
       if not skip:
@@ -344,15 +337,77 @@ def _read_shard(path: tf.Tensor, size: tf.Tensor, compression: str,
       elif not complete:
         tf.print("WARNING ctc_trainer: truncated or corrupt TFRecord shard", path,
                  "- using its first", index, "records", output_stream=sys.stderr)
-    consumed += tf.cast(tf.strings.length(record), tf.int64) + tfrecord.RECORD_OVERHEAD
+    count = tf.size(chunk, tf.int64)
+    consumed += (tf.reduce_sum(tf.cast(tf.strings.length(chunk), tf.int64)) +
+                 count * tfrecord.RECORD_OVERHEAD)
     if compression:   # the trailer holds the size modulo 2**32
       consumed = consumed % (1 << 32)
-    return (index + 1, consumed), (record, path, index, last)
+    where = tf.strings.join([path, " record ",
+                             tf.strings.as_string(tf.range(index, index + count))])
+    return (index + count, consumed), (chunk, where, last)
 
   zero = tf.constant(0, tf.int64)
-  checked = items.concatenate(end).scan((zero, zero), account)
-  return checked.filter(lambda record, shard, index, last: tf.logical_not(last)).map(
-      lambda record, shard, index, last: (record, shard, index))
+  checked = chunks.concatenate(end).scan((zero, zero), account)
+  return checked.filter(lambda chunk, where, last: tf.logical_not(last)).map(
+      lambda chunk, where, last: (chunk, where))
+
+
+def _parse_chunk(records: tf.Tensor, where: tf.Tensor) -> tf.data.Dataset:
+  """A chunk of records -> one element (encoded, text, key, where, parsed): [n] each,
+  parsed False where a record is not an Example of the schema (its other fields
+  empty).
+
+  One vectorized parse for the chunk; only when it fails is each record parsed on
+  its own, to find the bad ones.
+  """
+  def fields(x):
+    return x["encoded"], x["text"], x["key"]
+
+  whole = tf.data.Dataset.from_tensors(records).map(
+      lambda r: (*fields(tf.io.parse_example(r, tfrecord.FEATURES)),
+                 tf.ones_like(r, tf.bool)))
+  count = tf.size(records, tf.int64)
+
+  def one_by_one():
+    singles = tf.data.Dataset.from_tensor_slices(
+        (records, tf.range(count))).map(
+            lambda r, i: (*fields(tfrecord.parse_example(r)), i)).ignore_errors()
+
+    def scatter(encoded, text, key, index):
+      put = lambda values, fill: tf.tensor_scatter_nd_update(
+          tf.fill([count], fill), index[:, None], values)
+      return (put(encoded, ""), put(text, ""), put(key, ""),
+              put(tf.ones_like(index, tf.bool), False))
+
+    return singles.batch(_CHUNK).concatenate(tf.data.Dataset.from_tensors(
+        (tf.constant([], tf.string),) * 3 + (tf.constant([], tf.int64),))).take(
+            1).map(scatter)
+
+  # The second dataset is only read when the first yields nothing (its parse failed).
+  return whole.ignore_errors().concatenate(one_by_one()).take(1).map(
+      lambda encoded, text, key, parsed: (encoded, text, key, where, parsed))
+
+
+def _unparsed_reporter(skip: bool):
+  """A scan function over parsed chunks: an error naming the first record that is not
+  an Example (skip False), or a counted warning per such record, which is dropped."""
+  hint = "(not a tf.train.Example of the schema in ctc_trainer/data/tfrecord.py)."
+
+  def report(skipped, chunk):
+    encoded, text, key, where, parsed = chunk
+    bad = tf.boolean_mask(where, tf.logical_not(parsed))
+    if not skip:
+      first = tf.concat([bad, [""]], 0)[0]
+      tf.debugging.Assert(tf.equal(tf.size(bad), 0), [_BAD_RECORD, first, hint])
+    else:
+      for name in bad:
+        skipped += 1
+        tf.print("WARNING ctc_trainer: skipping an unparsable record", name,
+                 "- skipped so far:", skipped, output_stream=sys.stderr)
+    keep = lambda values: tf.boolean_mask(values, parsed)
+    return skipped, (keep(encoded), keep(text), keep(key), keep(where))
+
+  return report
 
 
 # --- per-example stages -----------------------------------------------------------------
@@ -415,13 +470,14 @@ def _guarded_map(ds: tf.data.Dataset, fn, name_of, failure: str, hint: str,
   {warning} NAME - skipped so far: N" on stderr.
 
   tf.data cannot catch one element's error, and ignore_errors drops it without a
-  trace. So the elements are numbered and each carries the names of the _RECENT
-  elements before it; fn runs with ignore_errors on chunks of _CHUNK elements, each
-  its own small dataset (so that errors from stages before this one still stop the
-  pipeline instead of being ignored), and chunks are decoded in parallel, in order.
-  A gap in the numbers that come out is a failure, and the next element to arrive
-  names it. A finite stream gets an end marker, so that failures at its very end
-  are found too.
+  trace. So elements go in chunks of _CHUNK, each numbered and named (name_of is
+  applied to a whole chunk at once: it must work elementwise on vectors); fn runs
+  with ignore_errors on each chunk as its own small dataset (so that errors from
+  stages before this one still stop the pipeline instead of being ignored), chunks
+  in parallel, in order. Every element that comes out carries the names of its own
+  chunk and the one before, so a gap in the numbers, which is a failure, can be
+  named by the next element to arrive. A finite stream gets an end marker, so that
+  failures at its very end are found too.
   """
   out_spec = ds.map(fn).element_spec
   finite = int(ds.cardinality()) != tf.data.INFINITE_CARDINALITY
@@ -432,36 +488,51 @@ def _guarded_map(ds: tf.data.Dataset, fn, name_of, failure: str, hint: str,
                                   ds.element_spec)
     tagged = tagged.concatenate(tf.data.Dataset.from_tensors((zeros, True)))
 
-  def remember(state, item):
-    index, recent = state
-    x, is_end = item
-    x = x if isinstance(x, tuple) else (x,)
-    return ((index + 1, tf.concat([[name_of(*x)], recent[:-1]], 0)),
-            (index, is_end, recent, x))
+  def number(state, chunk):
+    """Per chunk: its first element's number and the names of the previous chunk
+    (always a full one) and its own, padded to 2 * _CHUNK."""
+    start, previous = state
+    x, is_end = chunk
+    names = name_of(*(x if isinstance(x, tuple) else (x,)))
+    names = tf.concat([names, tf.fill([_CHUNK - tf.size(names)], "")], 0)
+    count = tf.size(is_end, tf.int64)
+    return (start + count, names), (start, tf.concat([previous, names], 0), x, is_end)
 
-  def apply(index, is_end, recent, x):
-    if not finite:   # no end marker to step over
-      return index, is_end, recent, fn(*x)
-    out = tf.cond(is_end, lambda: tf.nest.map_structure(
-        lambda spec: tf.zeros([d or 0 for d in spec.shape], spec.dtype), out_spec),
-                  lambda: fn(*x))
-    return index, is_end, recent, out
+  def run_chunk(start, window, x, is_end):
+    count = tf.size(is_end, tf.int64)
+    elements = tf.data.Dataset.from_tensor_slices(
+        (tf.range(start, start + count), x, is_end))
+    shared = tf.data.Dataset.from_tensors((start, window)).repeat()
+
+    def apply(item, context):
+      index, x, is_end = item
+      x = x if isinstance(x, tuple) else (x,)
+      if not finite:   # no end marker to step over
+        return index, is_end, context, fn(*x)
+      out = tf.cond(is_end, lambda: tf.nest.map_structure(
+          lambda spec: tf.zeros([d or 0 for d in spec.shape], spec.dtype), out_spec),
+                    lambda: fn(*x))
+      return index, is_end, context, out
+
+    return tf.data.Dataset.zip((elements, shared)).map(apply).ignore_errors()
 
   def check(state, item):
     expected, skipped = state
-    index, is_end, recent, out = item
-    missing = index - expected
+    index, is_end, (start, window), out = item
+    # window[p] names element start - _CHUNK + p; everything in [expected, index) is
+    # missing, and the part from window_start on can be named.
+    window_start = start - _CHUNK
+    named_from = tf.maximum(expected, window_start)
     if not skip:
-      oldest = recent[tf.clip_by_value(missing - 1, 0, _RECENT - 1)]
-      tf.debugging.Assert(missing <= 0, [failure, oldest, hint])
-    elif missing > 0:
-      named = recent[:tf.minimum(missing, _RECENT)][::-1]   # oldest first
-      unnamed = missing - tf.size(named, tf.int64)
+      first = window[tf.clip_by_value(named_from - window_start, 0, 2 * _CHUNK - 1)]
+      tf.debugging.Assert(index <= expected, [failure, first, hint])
+    elif index > expected:
+      unnamed = named_from - expected
       if unnamed > 0:
         skipped += unnamed
         tf.print("WARNING ctc_trainer:", warning, "-", unnamed, "in a row, too many to "
                  "name - skipped so far:", skipped, output_stream=sys.stderr)
-      for name in named:
+      for name in window[named_from - window_start:index - window_start]:
         skipped += 1
         # stderr, not the C++ log: TF_CPP_MIN_LOG_LEVEL, often set to quiet
         # TensorFlow, would hide the warning.
@@ -470,11 +541,9 @@ def _guarded_map(ds: tf.data.Dataset, fn, name_of, failure: str, hint: str,
     return (index + 1, skipped), ((is_end, out) if finite else out)
 
   zero = tf.constant(0, tf.int64)
-  numbered = tagged.scan((zero, tf.fill([_RECENT], "")), remember)
-  mapped = numbered.batch(_CHUNK).interleave(
-      lambda *chunk: tf.data.Dataset.from_tensor_slices(chunk).map(apply).ignore_errors(),
-      cycle_length=AUTOTUNE, block_length=_CHUNK, num_parallel_calls=AUTOTUNE,
-      deterministic=True)
+  numbered = tagged.batch(_CHUNK).scan((zero, tf.fill([_CHUNK], "")), number)
+  mapped = numbered.interleave(run_chunk, cycle_length=AUTOTUNE, block_length=_CHUNK,
+                               num_parallel_calls=AUTOTUNE, deterministic=True)
   checked = mapped.scan((zero, zero), check)
   if not finite:
     return checked
