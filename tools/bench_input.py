@@ -12,8 +12,9 @@ files:
       default workers=1 and with one thread per core;
   (b) ctc_trainer's file-manifest pipeline (pipeline.make_dataset on a tsv);
   (c) its TFRecord pipeline, on shards written by tfrecord.write_split.
-  Each is timed over one epoch right after the files' pages were dropped from the
-  page cache (posix_fadvise DONTNEED: cold, so IO is in it) and again warm, in
+  Each is timed over one pass right after the files' pages were dropped from the
+  page cache (posix_fadvise DONTNEED: cold, so IO is in it) and over --warm_passes
+  passes warm, in
   --rounds rounds that take the approaches in turn; medians are reported.
   Steady state: the clock starts when the first batch arrives.
   (d) demo-model train steps/sec fed by the real pipeline vs by the same batches
@@ -60,9 +61,11 @@ flags.DEFINE_list("parts", ["throughput", "training", "rss"],
 flags.DEFINE_integer("captcha_images", 3000, "Images in the captcha set.")
 flags.DEFINE_integer("line_images", 1500, "Images in the text-line set.")
 flags.DEFINE_list("training_sets", ["captcha"], "(d): image kinds to train on.")
+flags.DEFINE_integer("warm_passes", 3, "(a)-(c): passes over the files timed warm "
+                     "(the cold measurement is one pass).")
 flags.DEFINE_integer("rounds", 3, "(a)-(c): rounds; each measures every approach "
                      "once cold and once warm, in turn, and the median is reported.")
-flags.DEFINE_integer("train_blocks", 3, "(d): timed blocks per feed and source.")
+flags.DEFINE_integer("train_blocks", 6, "(d): timed blocks per feed and source.")
 flags.DEFINE_integer("rss_images", 600, "(e): captchas in the smaller set.")
 flags.DEFINE_integer("rss_scale", 10, "(e): the large set is this many times the "
                      "smaller one.")
@@ -157,16 +160,19 @@ class PillowSequence(keras.utils.PyDataset):
   """Batches made in Python: Pillow opens, grays and resizes each image to a fixed
   height; numpy pads the batch. What a Keras OCR example typically does."""
 
-  def __init__(self, image_set: ImageSet, batch_size: int, height: int, **kwargs):
+  def __init__(self, image_set: ImageSet, batch_size: int, height: int,
+               passes: int = 1, **kwargs):
     super().__init__(**kwargs)
     order = np.random.default_rng(0).permutation(len(image_set.samples))
     self.samples = [image_set.samples.samples[i] for i in order]
     self.charset, self.batch_size, self.height = image_set.charset, batch_size, height
+    self.passes = passes
 
   def __len__(self):
-    return len(self.samples) // self.batch_size
+    return self.passes * (len(self.samples) // self.batch_size)
 
   def __getitem__(self, index):
+    index %= len(self.samples) // self.batch_size
     chunk = self.samples[index * self.batch_size:(index + 1) * self.batch_size]
     images = []
     for sample in chunk:
@@ -189,10 +195,12 @@ class PillowSequence(keras.utils.PyDataset):
             "label_length": np.array([len(i) for i in ids], np.int32)}
 
 
-def pydataset_feed(image_set: ImageSet, workers: int) -> tf.data.Dataset:
-  """The Sequence as model.fit feeds it with the TensorFlow backend."""
+def pydataset_feed(image_set: ImageSet, workers: int,
+                   passes: int = 1) -> tf.data.Dataset:
+  """The Sequence as model.fit feeds it with the TensorFlow backend, for `passes`
+  passes over the files."""
   sequence = PillowSequence(image_set, FLAGS.batch_size, FLAGS.image_height,
-                            workers=workers)
+                            passes=passes, workers=workers)
   adapter = PyDatasetAdapter(sequence)
   # Keras infers the signature from the first two batches and fixes every dim they
   # share (e.g. the widest line), failing on a later batch; give it the real one.
@@ -223,13 +231,18 @@ def ctc_feed(image_set: ImageSet, source: str) -> Callable[[], tf.data.Dataset]:
 
 # --- measurements ---------------------------------------------------------------------
 
-def input_rates(make: Callable[[], tf.data.Dataset], batches: int,
-                files: List[str]) -> Dict[str, throughput.InputStats]:
-  """One epoch cold (files evicted first), then one warm."""
+def input_rates(make: Callable[[int], tf.data.Dataset], batches: int, files: List[str],
+                warm_passes: int) -> Dict[str, throughput.InputStats]:
+  """One pass cold (files evicted first), then warm_passes passes warm.
+  make(passes) -> a dataset of at least that many passes."""
   evict(files)
-  cold = throughput.measure_input(make(), batches)
-  warm = throughput.measure_input(make(), batches)
+  cold = throughput.measure_input(make(1), batches)
+  warm = throughput.measure_input(make(warm_passes), warm_passes * batches)
   return {"cold": cold, "warm": warm}
+
+
+def _ignore_passes(make: Callable[[], tf.data.Dataset]):
+  return lambda passes: make()
 
 
 def median_rate(runs: List[Dict[str, throughput.InputStats]], kind: str) -> float:
@@ -372,23 +385,26 @@ def throughput_table(image_sets: Dict[str, ImageSet], cores: int) -> str:
           "cold, warm vs (a) | cold, warm vs (a) threads | padding eff. |",
           "|---|---|---:|---:|---:|---:|---:|---:|"]
   rounds = 1 if FLAGS.quick else FLAGS.rounds
+  warm_passes = 1 if FLAGS.quick else FLAGS.warm_passes
   for name, image_set in image_sets.items():
     batches = len(image_set.samples) // FLAGS.batch_size
     files = [s.path for s in image_set.samples.samples]
     # approach -> (maker of its dataset, the files it reads)
     approaches = {
         "(a) PyDataset + Pillow, workers=1": (
-            lambda: pydataset_feed(image_set, 1), files),
+            lambda passes: pydataset_feed(image_set, 1, passes), files),
         f"(a) PyDataset + Pillow, workers={cores} threads": (
-            lambda: pydataset_feed(image_set, cores), files),
-        "(b) ctc_trainer files": (ctc_feed(image_set, "files"), files),
-        "(c) ctc_trainer TFRecord": (ctc_feed(image_set, "tfrecord"), image_set.shards),
+            lambda passes: pydataset_feed(image_set, cores, passes), files),
+        # ctc_trainer's training pipeline repeats forever.
+        "(b) ctc_trainer files": (_ignore_passes(ctc_feed(image_set, "files")), files),
+        "(c) ctc_trainer TFRecord": (_ignore_passes(ctc_feed(image_set, "tfrecord")),
+                                     image_set.shards),
     }
     # Rounds in turn, so that a change in the machine's load hits every approach.
     runs = {approach: [] for approach in approaches}
     for _ in range(rounds):
       for approach, (make, read) in approaches.items():
-        runs[approach].append(input_rates(make, batches, read))
+        runs[approach].append(input_rates(make, batches, read, warm_passes))
     rates = {a: {k: median_rate(r, k) for k in ("cold", "warm")}
              for a, r in runs.items()}
     base, threads = list(rates.values())[:2]

@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from ctc_trainer.config import AudioConfig
 from ctc_trainer.data import tfrecord
-from ctc_trainer.data.sources import SampleList
+from ctc_trainer.data.sources import SampleList, spread
 
 LOWER_EDGE_HZ = 20.0
 LOG_OFFSET = 1e-6      # log(mel + LOG_OFFSET): digital silence stays finite
@@ -312,9 +312,8 @@ def scan_frames(samples: SampleList, cfg: AudioConfig, limit: int) -> np.ndarray
   if samples.shards:
     lengths = _scan_shard_samples(samples, limit)
   else:
-    step = max(1, len(samples.samples) // limit)
     lengths = []
-    for sample in samples.samples[::step][:limit]:
+    for sample in spread(samples.samples, limit):
       try:
         info = read_wav_info(sample.path)
       except (OSError, ValueError):

@@ -34,7 +34,7 @@ from ctc_trainer.charset import Charset
 from ctc_trainer.config import DataConfig
 from ctc_trainer.data import audio as audio_lib
 from ctc_trainer.data import image as image_lib
-from ctc_trainer.data import tfrecord
+from ctc_trainer.data import sources, tfrecord
 from ctc_trainer.data.sources import DataError, SampleList, load_samples
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -627,22 +627,13 @@ def _scan_sizes(samples: SampleList) -> np.ndarray:
     return tfrecord.scan_sizes(samples.shards, samples.compression, _SCAN_SIZES)
   from PIL import Image  # late: only the file source needs it
   sizes = []
-  for sample in spread(samples.samples, _SCAN_SIZES):
+  for sample in sources.spread(samples.samples, _SCAN_SIZES):
     try:
       with Image.open(sample.path) as im:
         sizes.append((im.height, im.width))
     except (OSError, ValueError):
       continue
   return np.array(sizes, np.int64).reshape(-1, 2)
-
-
-def spread(items: list, limit: int) -> list:
-  """Up to `limit` of `items` drawn at random (seeded), in their order. Not every
-  k-th: a listing with a period (copies, sorted groups) would alias with it."""
-  if len(items) <= limit:
-    return items
-  chosen = np.random.default_rng(0).choice(len(items), size=limit, replace=False)
-  return [items[i] for i in np.sort(chosen)]
 
 
 def _bucketed_efficiency(widths: np.ndarray, buckets: Tuple[int, ...]) -> float:

@@ -305,3 +305,12 @@ def _utf8_errors(path: str):
     yield
   except UnicodeDecodeError as e:
     raise DataError(f"{path}: not UTF-8 ({e})") from None
+
+
+def spread(items: list, limit: int) -> list:
+  """Up to `limit` of `items` drawn at random (seeded), in their order. Not every
+  k-th: a listing with a period (copies, sorted groups) would alias with it."""
+  if len(items) <= limit:
+    return items
+  chosen = np.random.default_rng(0).choice(len(items), size=limit, replace=False)
+  return [items[i] for i in np.sort(chosen)]
