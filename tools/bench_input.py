@@ -24,6 +24,7 @@ files:
   (e) peak RSS (VmHWM) of training runs, each in its own process, over
       --rss_images captchas and over a set --rss_scale times larger (copies of the
       files), with as many steps for both: one epoch of the larger set.
+  Before them, the profile part: CPU time per image of each stage on one thread.
 Prints markdown tables for docs/benchmarks.md. --batch_size and --image_height are the
 training flags of the same names; the model is the demo's (configs/demo_ocr.cfg).
 """
@@ -49,6 +50,7 @@ from PIL import Image
 from ctc_trainer import config, loop, models
 from ctc_trainer.charset import Charset
 from ctc_trainer.config import DataConfig, LoopConfig, ModelConfig, OptimConfig
+from ctc_trainer.data import image as image_lib
 from ctc_trainer.data import pipeline, sources, synthetic, tfrecord, throughput
 from ctc_trainer.steps import make_steps
 
@@ -56,8 +58,9 @@ flags.DEFINE_string("root", os.path.join(tempfile.gettempdir(), "ctc_bench_input
                     "A fresh folder is made under it for each run's files.")
 flags.DEFINE_bool("quick", False, "Smoke run: small sets and few steps.")
 flags.DEFINE_list("sets", ["captcha", "lines"], "Image kinds: captcha, lines.")
-flags.DEFINE_list("parts", ["throughput", "training", "rss"],
-                  "throughput: (a)-(c); training: (d); rss: (e).")
+flags.DEFINE_list("parts", ["profile", "throughput", "training", "rss"],
+                  "profile: CPU per image by stage; throughput: (a)-(c); "
+                  "training: (d); rss: (e).")
 flags.DEFINE_integer("captcha_images", 3000, "Images in the captcha set.")
 flags.DEFINE_integer("line_images", 1500, "Images in the text-line set.")
 flags.DEFINE_list("training_sets", ["captcha"], "(d): image kinds to train on.")
@@ -368,6 +371,8 @@ def main(argv):
         logging.info("%s: make_tfrecords %.0f images/s", name,
                      sizes[name] / (time.time() - start))
     # Each table is printed when done, so a failure later keeps the earlier ones.
+    if "profile" in FLAGS.parts:
+      print(profile_table(image_sets) + "\n", flush=True)
     if "throughput" in FLAGS.parts:
       print(throughput_table(image_sets, cores) + "\n", flush=True)
     if "training" in FLAGS.parts:
@@ -378,6 +383,49 @@ def main(argv):
   finally:
     if not FLAGS.keep:
       shutil.rmtree(root, ignore_errors=True)
+
+
+def profile_table(image_sets: Dict[str, ImageSet]) -> str:
+  """CPU ms per image of each stage on one thread, files warm: where the time goes."""
+  options = tf.data.Options()
+  options.threading.private_threadpool_size = 1
+  height = FLAGS.image_height
+
+  def cpu_ms(dataset: tf.data.Dataset, images: int) -> float:
+    # A scalar per element, summed in the graph: no Python per element.
+    dataset = dataset.map(lambda *x: tf.constant(1, tf.int64)).with_options(options)
+    start = time.process_time()
+    dataset.reduce(tf.constant(0, tf.int64), lambda total, one: total + one)
+    return 1e3 * (time.process_time() - start) / images
+
+  rows = ["| set | stage | CPU ms per image |", "|---|---|---:|"]
+  for name, image_set in image_sets.items():
+    paths = [s.path for s in image_set.samples.samples]
+    encoded = tf.data.Dataset.from_tensor_slices([open(p, "rb").read() for p in paths])
+    count = len(paths)
+    pillow = PillowSequence(image_set, FLAGS.batch_size, height)
+    start = time.process_time()
+    for index in range(len(pillow)):
+      pillow[index]
+    pillow_ms = 1e3 * (time.process_time() - start) / (len(pillow) * FLAGS.batch_size)
+    files = ctc_feed(image_set, "files")().take(count // FLAGS.batch_size)
+    stages = [
+        ("tf.data, one map per element, nothing in it", cpu_ms(encoded, count)),
+        ("tf.io.read_file", cpu_ms(tf.data.Dataset.from_tensor_slices(paths).map(
+            tf.io.read_file), count)),
+        ("tf.io.decode_image (float32)", cpu_ms(encoded.map(
+            lambda e: tf.io.decode_image(e, dtype=tf.float32, expand_animations=False)),
+            count)),
+        ("image.decode_and_resize", cpu_ms(encoded.map(
+            lambda e: image_lib.decode_and_resize(e, height, 1, 2048)), count)),
+        ("(b) the whole file pipeline (read, decode, name failures, buckets, "
+         "labels)", cpu_ms(files, count // FLAGS.batch_size * FLAGS.batch_size)),
+        ("(a) PillowSequence.__getitem__ (open, gray, resize, pad, labels)",
+         pillow_ms),
+    ]
+    rows += [f"| {name} | {stage} | {ms:.3f} |" for stage, ms in stages]
+  return ("### Where the time goes: CPU per image, one thread, files warm\n\n" +
+          "\n".join(rows))
 
 
 def throughput_table(image_sets: Dict[str, ImageSet], cores: int) -> str:
