@@ -345,7 +345,7 @@ def check_parity(trainer: loop.Trainer, serve: ServeFn,
     except StopIteration:
       break
     except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
-      raise pipeline.explain_pipeline_error(e, samples) from None
+      raise pipeline.explain_pipeline_error(e, samples, cfg.data) from None
     batch_sums, decoded = trainer.steps.eval_step(batch)
     sums = metrics.add_sums(sums, batch_sums)
     paths += [k.decode("utf-8") for k in batch["key"].numpy()]

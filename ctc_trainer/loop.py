@@ -113,13 +113,13 @@ def make_iterator(trainer: Trainer, split: str, samples: sources.SampleList):
   return iter(trainer.strategy.distribute_datasets_from_function(make))
 
 
-def _next_batch(iterator, samples):
+def _next_batch(iterator, samples, cfg):
   """next(iterator), turning an input pipeline failure into a DataError naming the file."""
   try:
     return next(iterator)
   except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError,
           tf.errors.DataLossError) as e:
-    raise pipeline.explain_pipeline_error(e, samples) from None
+    raise pipeline.explain_pipeline_error(e, samples, cfg) from None
 
 
 # --- evaluation ------------------------------------------------------------------
@@ -137,7 +137,7 @@ def evaluate(trainer: Trainer, eval_samples: sources.SampleList,
     if index == cfg.loop.eval_max_batches > 0:
       break
     try:
-      batch = _next_batch(iterator, eval_samples)
+      batch = _next_batch(iterator, eval_samples, trainer.cfg.data)
     except StopIteration:
       break
     batch_sums, samples = trainer.steps.eval_step(batch)
@@ -322,7 +322,7 @@ def train_and_evaluate(cfg: Config) -> Dict[str, float]:
   with _stop_requests() as stop:
     while step < loop.train_steps:
       fetch_start = time.time()
-      batch = _next_batch(iterator, train_samples)
+      batch = _next_batch(iterator, train_samples, cfg.data)
       wait = time.time() - fetch_start
       try:
         interval.add(trainer.steps.train_step(batch), wait,

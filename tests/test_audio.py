@@ -307,7 +307,7 @@ def test_bad_audio_is_an_error_naming_the_file(bad_audio_set, name, line, found)
   samples = load_samples(cfg, "eval")
   with pytest.raises(tf.errors.InvalidArgumentError) as raised:
     list(pipeline.make_dataset(cfg, CHARSET, "eval", samples=samples))
-  error = str(pipeline.explain_pipeline_error(raised.value, samples))
+  error = str(pipeline.explain_pipeline_error(raised.value, samples, cfg))
   path = os.path.join(folder, name)
   assert error.startswith(f"{manifest}:4: cannot use audio {path}, {found}")
   assert "expected a 16-bit PCM WAV of 8000 Hz" in error

@@ -40,7 +40,8 @@ def test_undecodable_file_error_names_it_and_skip_goes_on(tmp_path, name, capfd)
     try:
       _eval_texts(config(manifest))
     except Exception as e:  # the pipeline's own error, explained as the loop does
-      raise pipeline.explain_pipeline_error(e, load_samples(config(manifest), "eval"))
+      raise pipeline.explain_pipeline_error(e, load_samples(config(manifest), "eval"),
+                                            config(manifest))
   assert _eval_texts(config(manifest, bad_sample_policy="skip")) == ["ab", "cd"]
   assert name in capfd.readouterr().err
 

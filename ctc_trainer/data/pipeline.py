@@ -22,6 +22,7 @@ A file or record that cannot be read or decoded raises an error naming it (polic
 corrupt TFRecord shard.
 """
 
+import dataclasses
 import re
 import sys
 from typing import Dict, Optional, Tuple
@@ -46,6 +47,7 @@ _BAD_SHARD = "Truncated or corrupt TFRecord shard"
 _BAD_LABEL = "Label has characters not in the charset"
 _BAD_RECORD = "Cannot parse record"
 _CHUNK = 64   # elements per small dataset in _guarded_map
+_CONCURRENT_READS = 8   # files read at once by the fast image path
 # Automatic length buckets: widths at quantiles of up to _SCAN_SIZES images' sizes,
 # at most _MAX_BUCKETS of them, fewer when the set has too few samples for each bucket
 # to fill _BATCHES_PER_BUCKET batches; widths rounded up to a multiple of _ALIGN.
@@ -192,13 +194,15 @@ def bucket_widths(cfg: DataConfig, samples: SampleList, batch_size: int,
   return buckets
 
 
-def explain_pipeline_error(error: Exception, samples: SampleList) -> DataError:
+def explain_pipeline_error(error: Exception, samples: SampleList,
+                           cfg: DataConfig) -> DataError:
   """A DataError naming the sample (or shard) that fails to read or decode.
 
-  The pipeline's own errors carry the path, key or shard (see _decode_each and
-  _read_shard), which is used when present. Otherwise the samples are decoded (or
-  the shards read) eagerly one by one until one fails, so call this only on the
-  failure path.
+  Errors that name their sample (bad records and shards, labels, and decoding under
+  policy 'skip' or in the pass below) are explained from their message. A decode
+  error of the fast policy-'error' path names nothing: then one pass over `samples`
+  in order, naming each failure as it happens, finds the first bad one. Call this
+  only on the failure path.
   """
   message = str(getattr(error, "message", error))
   named = re.search(re.escape(_BAD_IMAGE) + r"\] \[(.*?)\] \[", message)
@@ -232,30 +236,41 @@ def explain_pipeline_error(error: Exception, samples: SampleList) -> DataError:
   if named:
     return DataError(f"{named.group(1)}: label {named.group(2)!r} has characters not "
                      f"in the charset (--unknown_char_policy=skip drops such samples)")
-  if samples.shards:
-    for shard in samples.shards:
-      try:
-        for _ in tf.data.TFRecordDataset(shard, compression_type=samples.compression):
-          pass
-      except tf.errors.OpError as e:
-        return DataError(f"{shard}: truncated or corrupt TFRecord shard: "
-                         f"{_first_line(e)}")
-    return DataError(f"input pipeline failed, but every shard reads: "
-                     f"{_first_line(error)}")
-  for sample in samples.samples:
-    try:
-      image_lib.decode_image(tf.io.read_file(sample.path), channels=3)
-    except (tf.errors.OpError, ValueError) as e:
-      return DataError(f"{sample.origin}: cannot read or decode image {sample.path}: "
-                       f"{_first_line(e)}")
-  return DataError(f"input pipeline failed, but every image decodes: "
+  found = _find_failure(samples, cfg)
+  if found is not None:
+    return found
+  return DataError(f"input pipeline failed, but every sample reads and decodes: "
                    f"{_first_line(error)}")
+
+
+def _find_failure(samples: SampleList, cfg: DataConfig) -> Optional[DataError]:
+  """One pass over the samples in order with every failure named; the DataError for
+  the first one, or None when all read and decode."""
+  logging.info("Input pipeline failed; finding the sample: one pass over %s",
+               f"{len(samples)} samples" if not samples.shards else
+               f"{len(samples.shards)} shards")
+  checked = dataclasses.replace(cfg, bad_sample_policy="error",
+                                unknown_char_policy="error")
+  if samples.shards:
+    examples = _tfrecord_examples(samples, checked, None, False, None, named=True)
+  else:
+    examples = _file_examples(samples, checked, False, None, named=True)
+  try:
+    for _ in examples.map(lambda x: tf.constant(0)).batch(1024):
+      pass
+  except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError,
+          tf.errors.DataLossError) as e:
+    message = str(getattr(e, "message", e))
+    if any(m in message for m in (_BAD_IMAGE, _BAD_AUDIO, _BAD_RECORD, _BAD_SHARD)):
+      return explain_pipeline_error(e, samples, cfg)
+    return DataError(f"input pipeline failed: {_first_line(e)}")
+  return None
 
 
 # --- sources ------------------------------------------------------------------------
 
 def _file_examples(samples: SampleList, cfg: DataConfig, shuffle_and_repeat: bool,
-                   input_context) -> tf.data.Dataset:
+                   input_context, named: bool = False) -> tf.data.Dataset:
   """Listed (path, label) samples -> decoded examples (see _decode_each)."""
   ds = tf.data.Dataset.from_tensor_slices((samples.paths, samples.texts))
   if input_context is not None and input_context.num_input_pipelines > 1:
@@ -263,12 +278,20 @@ def _file_examples(samples: SampleList, cfg: DataConfig, shuffle_and_repeat: boo
   if shuffle_and_repeat:
     ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed, reshuffle_each_iteration=True)
     ds = ds.repeat()
-  return _decode_each(ds, cfg, load=lambda path, text: (tf.io.read_file(path), text, path),
-                      name_of=lambda path, text: path)
+  if _names_failures(cfg, named):
+    # Read inside the named decode, so that a missing file is named too.
+    return _decode_each(ds, cfg, named=named, name_of=lambda path, text: path,
+                        load=lambda path, text: (tf.io.read_file(path), text, path))
+  # Many reads at once hide the disk's latency when the files are not cached.
+  ds = ds.map(lambda path, text: (tf.io.read_file(path), text, path),
+              num_parallel_calls=_CONCURRENT_READS)
+  return _decode_each(ds, cfg, named=named, name_of=lambda encoded, text, path: path,
+                      load=lambda encoded, text, path: (encoded, text, path))
 
 
 def _tfrecord_examples(samples: SampleList, cfg: DataConfig, charset: Charset,
-                       shuffle_and_repeat: bool, input_context) -> tf.data.Dataset:
+                       shuffle_and_repeat: bool, input_context,
+                       named: bool = False) -> tf.data.Dataset:
   """TFRecord shards -> decoded examples with labels checked against the charset.
 
   With several input pipelines (workers), each reads its own shards when there are at
@@ -303,7 +326,8 @@ def _tfrecord_examples(samples: SampleList, cfg: DataConfig, charset: Charset,
   # Decode, naming an image that fails by its key and where its record is.
   examples = _decode_each(
       parsed, cfg, load=lambda encoded, text, key, where: (encoded, text, key),
-      name_of=lambda encoded, text, key, where: tf.strings.join([key, " (", where, ")"]))
+      name_of=lambda encoded, text, key, where: tf.strings.join([key, " (", where, ")"]),
+      named=named)
   if cfg.unknown_char_policy == "skip":
     return _drop_unknown_labels(examples, charset)
   return examples   # policy 'error': _add_labels checks each batch
@@ -412,13 +436,19 @@ def _unparsed_reporter(skip: bool):
 
 # --- per-example stages -----------------------------------------------------------------
 
-def _decode_each(ds: tf.data.Dataset, cfg: DataConfig, load, name_of) -> tf.data.Dataset:
+def _decode_each(ds: tf.data.Dataset, cfg: DataConfig, load, name_of,
+                 named: bool = False) -> tf.data.Dataset:
   """Elements -> {inputs, input_length, text, key}, decoded in parallel: images
   [H, W, C] with their width, or audio features [T, F] with their frames.
 
-  load(*element) -> (encoded bytes, text, key) and the decode may fail; such an
-  element is dropped and named by name_of(*element) (see _guarded_map): an error
-  (policy 'error') or a counted warning (policy 'skip').
+  load(*element) -> (encoded bytes, text, key) and the decode may fail. Such an
+  element is dropped and named by name_of(*element) as it happens (see
+  _guarded_map): a counted warning (policy 'skip') or an error. Except for images
+  under policy 'error' without `named`: there a plain parallel map does the work,
+  since naming as it happens costs a good part of the throughput on small images
+  and a failure stops the run anyway; explain_pipeline_error names it afterwards
+  with one named pass. (Audio keeps the named path: decode_wav's errors quote the
+  file's bytes, which TensorFlow cannot turn into a Python message.)
   """
   audio = cfg.modality == "audio"
   # To skip too-wide images, measure their true resized width (no cap), drop below.
@@ -434,20 +464,27 @@ def _decode_each(ds: tf.data.Dataset, cfg: DataConfig, load, name_of) -> tf.data
           encoded, cfg.image_height, cfg.image_channels, max_width)
     return {"inputs": inputs, "input_length": length, "text": text, "key": key}
 
-  if audio:
+  skip = cfg.bad_sample_policy == "skip"
+  if audio:   # always named (see above)
     rate = ("any rate, resampled to " if cfg.audio.resample_policy == "resample"
             else "") + f"{cfg.audio.sample_rate} Hz"
-    return _guarded_map(ds, decode, name_of, _BAD_AUDIO,
-                        f"expected a 16-bit PCM WAV of {rate}, at most "
-                        f"{cfg.audio.max_audio_seconds:g} s",
-                        "skipping unreadable or undecodable audio",
-                        skip=cfg.bad_sample_policy == "skip")
-  decoded = _guarded_map(ds, decode, name_of, _BAD_IMAGE,
-                         "(empty, truncated or not PNG, JPEG, GIF or BMP). Fix or "
-                         "remove it, or set --bad_sample_policy=skip.",
-                         "skipping unreadable or undecodable image",
-                         skip=cfg.bad_sample_policy == "skip")
+    decoded = _guarded_map(ds, decode, name_of, _BAD_AUDIO,
+                           f"expected a 16-bit PCM WAV of {rate}, at most "
+                           f"{cfg.audio.max_audio_seconds:g} s",
+                           "skipping unreadable or undecodable audio", skip)
+  elif not _names_failures(cfg, named):
+    decoded = ds.map(decode, num_parallel_calls=AUTOTUNE)
+  else:
+    decoded = _guarded_map(ds, decode, name_of, _BAD_IMAGE,
+                           "(empty, truncated or not PNG, JPEG, GIF or BMP). Fix or "
+                           "remove it, or set --bad_sample_policy=skip.",
+                           "skipping unreadable or undecodable image", skip)
   return decoded.filter(_fits_width(cfg.max_image_width)) if skip_wide else decoded
+
+
+def _names_failures(cfg: DataConfig, named: bool) -> bool:
+  """Whether _decode_each names each failure as it happens (see there)."""
+  return named or cfg.modality == "audio" or cfg.bad_sample_policy == "skip"
 
 
 def _fits_width(max_width: int):

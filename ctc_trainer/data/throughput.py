@@ -106,4 +106,4 @@ def run_input_only(cfg: Config, charset: Charset) -> InputStats:
     return measure_input(dataset, cfg.loop.train_steps, cfg.loop.log_every)
   except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError,
           tf.errors.DataLossError) as e:
-    raise pipeline.explain_pipeline_error(e, samples) from None
+    raise pipeline.explain_pipeline_error(e, samples, cfg.data) from None
