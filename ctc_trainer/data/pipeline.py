@@ -9,17 +9,19 @@ Batch dict (the contract in DESIGN.md):
   key           string  [B]           the image path (the record's key for TFRecords)
 
 Two sources feed one tail, so preprocessing and batching have one implementation:
-  files     (path, label) list -> [shard] -> [shuffle, repeat] -> read + decode
-  tfrecord  shards -> [shard] -> [shuffle, repeat] -> parallel interleave of shards
-            -> [shuffle records] -> parse + decode -> label check
+  files     (path, label) list -> [shard] -> [shuffle, repeat] -> read -> decode
+  tfrecord  shards -> [shard] -> [shuffle, repeat] -> chunks of records, interleaved
+            across shards, each size-checked and parsed at once -> [shuffle records]
+            -> decode -> label check
   tail      [cache] -> length buckets (or pad to the batch's widest) -> batch
             -> encode labels -> prefetch
 Shuffling happens on paths or encoded records, before decoding, so no buffer holds
 decoded images (unless cache_decoded asks for it); memory does not grow with the set.
 
-A file or record that cannot be read or decoded raises an error naming it (policy
-'error') or is dropped with a warning naming it (policy 'skip'); so is a truncated or
-corrupt TFRecord shard.
+A file or record that cannot be read or decoded is dropped with a warning naming it
+(policy 'skip'), or stops the pipeline (policy 'error'): with an error that names it,
+or, for images, a plain decode error that explain_pipeline_error turns into one
+naming it. A truncated or corrupt TFRecord shard is named the same ways.
 """
 
 import dataclasses
@@ -35,8 +37,8 @@ from ctc_trainer.charset import Charset
 from ctc_trainer.config import DataConfig
 from ctc_trainer.data import audio as audio_lib
 from ctc_trainer.data import image as image_lib
-from ctc_trainer.data import sources, tfrecord
-from ctc_trainer.data.sources import DataError, SampleList, load_samples
+from ctc_trainer.data import tfrecord
+from ctc_trainer.data.sources import DataError, SampleList, load_samples, spread
 
 AUTOTUNE = tf.data.AUTOTUNE
 # TFRecord shards read concurrently.
@@ -285,7 +287,7 @@ def _file_examples(samples: SampleList, cfg: DataConfig, shuffle_and_repeat: boo
   # Many reads at once hide the disk's latency when the files are not cached.
   ds = ds.map(lambda path, text: (tf.io.read_file(path), text, path),
               num_parallel_calls=_CONCURRENT_READS)
-  return _decode_each(ds, cfg, named=named, name_of=lambda encoded, text, path: path,
+  return _decode_each(ds, cfg, named=named, name_of=None,
                       load=lambda encoded, text, path: (encoded, text, path))
 
 
@@ -335,8 +337,8 @@ def _tfrecord_examples(samples: SampleList, cfg: DataConfig, charset: Charset,
 
 def _read_shard(path: tf.Tensor, size: tf.Tensor, compression: str,
                 skip: bool) -> tf.data.Dataset:
-  """One shard -> chunks (records [n], where [n]) of up to _CHUNK records, where
-  naming each record as "SHARD record INDEX".
+  """One shard -> chunks (records [n], where [n]) of up to _CHUNK records; `where`
+  names each record as "SHARD record INDEX".
 
   tf.data's read errors do not name the file, and a truncated GZIP shard reads
   without any error, so shards are checked by size instead: a read error ends the
@@ -442,7 +444,8 @@ def _decode_each(ds: tf.data.Dataset, cfg: DataConfig, load, name_of,
   [H, W, C] with their width, or audio features [T, F] with their frames.
 
   load(*element) -> (encoded bytes, text, key) and the decode may fail. Such an
-  element is dropped and named by name_of(*element) as it happens (see
+  element is dropped and named by name_of(*element) (unused, and may be None, when
+  _names_failures is False) as it happens (see
   _guarded_map): a counted warning (policy 'skip') or an error. Except for images
   under policy 'error' without `named`: there a plain parallel map does the work,
   since naming as it happens costs a good part of the throughput on small images
@@ -664,7 +667,7 @@ def _scan_sizes(samples: SampleList) -> np.ndarray:
     return tfrecord.scan_sizes(samples.shards, samples.compression, _SCAN_SIZES)
   from PIL import Image  # late: only the file source needs it
   sizes = []
-  for sample in sources.spread(samples.samples, _SCAN_SIZES):
+  for sample in spread(samples.samples, _SCAN_SIZES):
     try:
       with Image.open(sample.path) as im:
         sizes.append((im.height, im.width))
