@@ -61,7 +61,8 @@ class Charset:
     return cls(sorted(chars))
 
   def save(self, path: str) -> None:
-    tmp = path + ".tmp"
+    # A temporary name per process: the workers of a multi-worker run share WORKDIR.
+    tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w", encoding="utf-8", newline="\n") as f:
       f.write("".join(s + "\n" for s in self.symbols))
     os.replace(tmp, path)

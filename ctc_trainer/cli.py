@@ -32,9 +32,11 @@ def write_flags(workdir: str) -> str:
     if flag.value is not None:
       lines.append(flag.serialize())
   path = os.path.join(workdir, FLAGS_FILE)
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
+  # A temporary name per process: the workers of a multi-worker run share WORKDIR.
+  tmp = f"{path}.{os.getpid()}.tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
     f.write("\n".join(lines) + "\n")
-  os.replace(path + ".tmp", path)
+  os.replace(tmp, path)
   return path
 
 
