@@ -10,11 +10,9 @@ from typing import Iterable, Sequence, Set
 
 import tensorflow as tf
 
+from ctc_trainer.errors import CharsetError
+
 BLANK_ID = 0
-
-
-class CharsetError(ValueError):
-  pass
 
 
 class Charset:

@@ -13,9 +13,7 @@ import os
 import tensorflow as tf
 from absl import logging
 
-
-class CheckpointError(RuntimeError):
-  pass
+from ctc_trainer.errors import CheckpointError
 
 
 def rng_states(model) -> list:

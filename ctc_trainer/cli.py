@@ -7,15 +7,7 @@ import sys
 from absl import flags, logging
 
 from ctc_trainer import config
-from ctc_trainer.charset import CharsetError
-from ctc_trainer.checkpoints import CheckpointError
-from ctc_trainer.data.sources import DataError
-from ctc_trainer.distribute import DistributeError
-from ctc_trainer.loop import NonFiniteError, TrainingInterrupted
-
-# Errors a user causes with bad flags, data or workdirs: one clear line, no trace.
-USER_ERRORS = (config.ConfigError, CharsetError, CheckpointError, DataError,
-               DistributeError, NonFiniteError, OSError)
+from ctc_trainer.errors import ConfigError, UserError
 
 FLAGS_FILE = "flags.cfg"
 
@@ -51,23 +43,22 @@ def apply_workdir_flags() -> None:
   own settings are the defaults and anything given on the command line wins."""
   path = os.path.join(os.path.expanduser(flags.FLAGS.workdir), FLAGS_FILE)
   if not os.path.exists(path):
-    raise config.ConfigError(f"{path} not found: --workdir must be a training run")
+    raise ConfigError(f"{path} not found: --workdir must be a training run")
   # sys.argv, not app.run's argv: that one holds only the positional arguments.
   flags.FLAGS([sys.argv[0], f"--flagfile={path}"] + sys.argv[1:])
 
 
 def exit_on_user_error(main):
-  """Wraps an entry point's main: user errors print one line and exit with status 2."""
+  """Wraps an entry point's main: a UserError (errors.py) or an OSError (a file the
+  user named cannot be read or written) prints one line and exits with its code (2,
+  or 128 + the signal for an interrupted run)."""
   @functools.wraps(main)
   def wrapped(argv):
     try:
       return main(argv)
-    except TrainingInterrupted as e:
-      logging.warning("%s", e)
-      print(str(e), file=sys.stderr)
-      sys.exit(128 + e.signum)
-    except USER_ERRORS as e:
+    except (UserError, OSError) as e:
+      code = getattr(e, "exit_code", 2)
       logging.error("%s: %s", type(e).__name__, e)
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
+      print(str(e) if code != 2 else f"error: {e}", file=sys.stderr)
+      sys.exit(code)
   return wrapped

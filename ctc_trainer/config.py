@@ -11,6 +11,8 @@ from typing import Optional, Tuple
 
 from absl import flags
 
+from ctc_trainer.errors import ConfigError
+
 DATA_FORMATS = ("tsv", "csv", "filenames", "sidecar", "synthetic", "tfrecord")
 TFRECORD_COMPRESSIONS = ("auto", "none", "gzip")
 POLICIES = ("error", "skip")
@@ -19,10 +21,6 @@ RESAMPLE_POLICIES = ("error", "resample")
 RNN_CELLS = ("lstm", "gru")
 OPTIMIZERS = ("adam", "adamw")
 LR_SCHEDULES = ("constant", "warmup_cosine")
-
-
-class ConfigError(ValueError):
-  """A flag or config value is invalid; the message says which and why."""
 
 
 @dataclasses.dataclass(frozen=True)

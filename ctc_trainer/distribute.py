@@ -18,12 +18,10 @@ import os
 import keras
 import tensorflow as tf
 
+from ctc_trainer.errors import DistributeError
+
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-
-class DistributeError(RuntimeError):
-  pass
-
 
 # What a collective raises when a peer died or stopped answering.
 PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,

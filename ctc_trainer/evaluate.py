@@ -11,13 +11,13 @@ import json
 from absl import app, flags
 
 from ctc_trainer import cli, config, loop
-
+from ctc_trainer.errors import ConfigError
 
 
 @cli.exit_on_user_error
 def main(argv):
   if not flags.FLAGS.workdir:
-    raise config.ConfigError("--workdir is required")
+    raise ConfigError("--workdir is required")
   cli.apply_workdir_flags()
   cfg = config.from_flags(need_train=False)
   results = loop.evaluate_checkpoint(cfg, flags.FLAGS.checkpoint)

@@ -32,7 +32,8 @@ from absl import logging
 
 from ctc_trainer import ctc, loop, metrics
 from ctc_trainer.charset import Charset
-from ctc_trainer.config import Config, ConfigError, DataConfig
+from ctc_trainer.config import Config, DataConfig
+from ctc_trainer.errors import ConfigError, DataError, ExportError
 from ctc_trainer.data import audio as audio_lib
 from ctc_trainer.data import image as image_lib
 from ctc_trainer.data import pipeline, sources
@@ -216,10 +217,10 @@ def image_paths(args: Sequence[str], manifest: Optional[str] = None) -> List[str
     elif os.path.exists(arg):
       paths.append(arg)
     else:
-      raise sources.DataError(f"{arg} does not exist")
+      raise DataError(f"{arg} does not exist")
   if manifest:
     if not os.path.isfile(manifest):
-      raise sources.DataError(f"--manifest={manifest} is not a file")
+      raise DataError(f"--manifest={manifest} is not a file")
     base = os.path.dirname(os.path.abspath(manifest))
     with open(manifest, encoding="utf-8") as f:
       for line in f:
@@ -352,7 +353,7 @@ def check_parity(trainer: loop.Trainer, serve: ServeFn,
     labels += [t.decode("utf-8") for t in batch["text"].numpy()]
     expected += [t.decode("utf-8") for t in decoded["beam"].numpy()]
   if not paths:
-    raise sources.DataError(f"the eval set {cfg.data.eval_data} yielded no batch")
+    raise DataError(f"the eval set {cfg.data.eval_data} yielded no batch")
   served = list(transcribe_files(serve, paths, cfg.data.eval_batch_size))
   texts = [t.text for t in served]   # "" where serving could not decode the file
   # A file the pipeline decoded but serving cannot is a difference too.
@@ -383,12 +384,9 @@ def export_checkpoint(cfg: Config, export_dir: str, which: str = "latest",
   """
   export_dir = os.path.abspath(export_dir)
   if os.path.exists(export_dir) and not tf.saved_model.contains_saved_model(export_dir):
-    raise sources.DataError(f"--export_dir={export_dir} exists and is not a "
+    raise ExportError(f"--export_dir={export_dir} exists and is not a "
                             "SavedModel; refusing to overwrite it")
-  trainer = loop.setup(cfg, for_training=False)
-  step = trainer.checkpoints.restore(which, expect_partial=True)
-  if not step:
-    raise sources.DataError(f"no checkpoint in {cfg.workdir}: train first")
+  trainer, step = loop.restore_trained(cfg, which)
   samples = sources.load_samples(cfg.data, "eval", trainer.charset)
   if parity_samples > 0:
     samples = sources.SampleList(samples.samples[:parity_samples], samples.skipped)

@@ -21,6 +21,8 @@ from ctc_trainer import distribute, metrics, models, summaries
 from ctc_trainer.charset import Charset
 from ctc_trainer.checkpoints import Checkpoints
 from ctc_trainer.config import Config, OptimConfig
+from ctc_trainer.errors import (CheckpointError, DataError, NonFiniteError,
+                                TrainingInterrupted)
 from ctc_trainer.data import pipeline, sources, throughput
 from ctc_trainer.steps import Steps, make_steps
 
@@ -37,7 +39,7 @@ def load_charset(cfg: Config) -> Charset:
   if os.path.exists(saved):
     charset = Charset.from_file(saved)
     if cfg.charset and Charset.from_file(cfg.charset).symbols != charset.symbols:
-      raise sources.DataError(
+      raise DataError(
           f"--charset={cfg.charset} differs from {saved}, which this workdir was "
           "trained with; use a new --workdir to change the charset")
     return charset
@@ -146,7 +148,7 @@ def evaluate(trainer: Trainer, eval_samples: sources.SampleList,
       first_replica = lambda v: trainer.strategy.experimental_local_results(v)[0]
       first_batch, first_samples = tf.nest.map_structure(first_replica, batch), samples
   if not sums:
-    raise sources.DataError(f"the eval set {cfg.data.eval_data} yielded no batch")
+    raise DataError(f"the eval set {cfg.data.eval_data} yielded no batch")
   host = {k: float(v) for k, v in sums.items()}
   results = metrics.results(host)
   results["loss"] = host["loss_sum"] / max(host["loss_examples"], 1.0)
@@ -179,15 +181,6 @@ def _eval_and_report(trainer: Trainer, eval_samples, writer, step: int) -> Dict[
 
 # --- the run ---------------------------------------------------------------------
 
-class TrainingInterrupted(Exception):
-  """SIGTERM or SIGINT stopped the run after a checkpoint was saved."""
-
-  def __init__(self, signum: int, step: int):
-    super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; "
-                     "checkpoint saved, run the same command to resume")
-    self.signum = signum
-
-
 @contextlib.contextmanager
 def _stop_requests():
   """While active, SIGTERM and SIGINT only record themselves; the loop then saves a
@@ -204,10 +197,6 @@ def _stop_requests():
   finally:
     for sig, handler in previous.items():
       signal.signal(sig, handler)
-
-
-class NonFiniteError(RuntimeError):
-  pass
 
 
 class _Interval:
@@ -356,12 +345,20 @@ def train_and_evaluate(cfg: Config) -> Dict[str, float]:
   return results
 
 
-def evaluate_checkpoint(cfg: Config, which: str = "latest") -> Dict[str, float]:
-  """Restores a checkpoint of cfg.workdir ('latest', 'best' or a path) and evaluates."""
+def restore_trained(cfg: Config, which: str = "latest") -> Tuple[Trainer, int]:
+  """A Trainer for inference with checkpoint `which` of cfg.workdir ('latest',
+  'best' or a path prefix) restored -> (trainer, its step). Raises CheckpointError
+  when the workdir holds none."""
   trainer = setup(cfg, for_training=False)
   step = trainer.checkpoints.restore(which, expect_partial=True)
   if not step:
-    raise sources.DataError(f"no checkpoint in {cfg.workdir}: train first")
+    raise CheckpointError(f"no checkpoint in {cfg.workdir}: train first")
+  return trainer, step
+
+
+def evaluate_checkpoint(cfg: Config, which: str = "latest") -> Dict[str, float]:
+  """Restores a checkpoint of cfg.workdir ('latest', 'best' or a path) and evaluates."""
+  trainer, step = restore_trained(cfg, which)
   eval_samples = sources.load_samples(cfg.data, "eval", trainer.charset)
   results, _, _ = evaluate(trainer, eval_samples)
   results["step"] = step

@@ -19,7 +19,7 @@ import time
 from absl import app, flags
 
 from ctc_trainer import cli, config, export, loop
-from ctc_trainer.data import sources
+from ctc_trainer.errors import ConfigError
 
 flags.DEFINE_string("saved_model", None, "A SavedModel written by "
                     "tools/export_savedmodel.py. Or give --workdir instead.")
@@ -34,9 +34,7 @@ def _serving_fn(fl):
   if fl.saved_model:
     return export.serving_fn(export.load(os.path.expanduser(fl.saved_model)))
   cfg = config.from_flags(need_train=False, need_eval=False)
-  trainer = loop.setup(cfg, for_training=False)
-  if not trainer.checkpoints.restore(fl.checkpoint, expect_partial=True):
-    raise sources.DataError(f"no checkpoint in {cfg.workdir}: train first")
+  trainer, _ = loop.restore_trained(cfg, fl.checkpoint)
   return export.serving_fn(export.ServingModule.from_trainer(trainer))
 
 
@@ -44,7 +42,7 @@ def _serving_fn(fl):
 def main(argv):
   fl = flags.FLAGS
   if bool(fl.saved_model) == bool(fl.workdir):
-    raise config.ConfigError("give exactly one of --saved_model and --workdir")
+    raise ConfigError("give exactly one of --saved_model and --workdir")
   if fl.workdir:
     cli.apply_workdir_flags()
   paths = export.image_paths(argv[1:], fl.manifest)

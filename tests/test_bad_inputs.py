@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from ctc_trainer.data import pipeline
-from ctc_trainer.data.sources import DataError, load_samples
+from ctc_trainer.data.sources import load_samples
+from ctc_trainer.errors import DataError
 from tests.test_pipeline import CHARSET, config, make_set, png_bytes
 
 

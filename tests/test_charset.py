@@ -1,7 +1,8 @@
 import pytest
 import tensorflow as tf
 
-from ctc_trainer.charset import BLANK_ID, Charset, CharsetError
+from ctc_trainer.charset import BLANK_ID, Charset
+from ctc_trainer.errors import CharsetError
 
 
 def test_file_roundtrip_keeps_space_and_order(tmp_path):

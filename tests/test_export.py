@@ -15,7 +15,8 @@ import pytest
 import tensorflow as tf
 
 from ctc_trainer import export, loop, metrics
-from ctc_trainer.config import Config, ConfigError, DataConfig, LoopConfig
+from ctc_trainer.config import Config, DataConfig, LoopConfig
+from ctc_trainer.errors import ConfigError
 from ctc_trainer.data import pipeline, sources
 from tests.helpers import TINY_MODEL
 

@@ -12,7 +12,8 @@ from PIL import Image
 from ctc_trainer.charset import Charset
 from ctc_trainer.config import DataConfig
 from ctc_trainer.data import pipeline
-from ctc_trainer.data.sources import DataError, load_samples
+from ctc_trainer.data.sources import load_samples
+from ctc_trainer.errors import DataError
 
 CHARSET = Charset("abcdefgh")
 

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from ctc_trainer import export
-from ctc_trainer.data.sources import DataError
+from ctc_trainer.errors import DataError
 from tests.test_export import exported, run  # noqa: F401  (exported is a fixture)
 
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ctc_trainer.checkpoints import CheckpointError, Checkpoints
+from ctc_trainer.checkpoints import Checkpoints
+from ctc_trainer.errors import CheckpointError
 from tests.helpers import build_steps, make_batch
 from tests.test_cli import TINY, run
 

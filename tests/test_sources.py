@@ -8,7 +8,8 @@ from PIL import Image
 
 from ctc_trainer.charset import Charset
 from ctc_trainer.config import DataConfig
-from ctc_trainer.data.sources import DataError, load_samples
+from ctc_trainer.data.sources import load_samples
+from ctc_trainer.errors import DataError
 
 
 def write_image(path, mode="L", fmt=None, size=(40, 16)):

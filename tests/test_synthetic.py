@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from ctc_trainer.data import synthetic
-from ctc_trainer.data.sources import DataError
+from ctc_trainer.errors import DataError
 
 ARGS = dict(size=12, seed=3, alphabet="abc123", min_length=2, max_length=5)
 

@@ -12,7 +12,7 @@ from PIL import Image
 from ctc_trainer.charset import Charset
 from ctc_trainer.config import DataConfig
 from ctc_trainer.data import pipeline, sources, tfrecord
-from ctc_trainer.data.sources import DataError
+from ctc_trainer.errors import DataError
 
 CHARSET = Charset("abcdefgh ü")
 

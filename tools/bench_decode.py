@@ -110,12 +110,7 @@ def synthetic_case(num: int, batch_size: int, frames: int, num_classes: int):
 
 def restore_run():
   """-> (loop.Trainer with --workdir's latest checkpoint restored, its step)."""
-  cfg = config.from_flags(need_train=False)
-  trainer = loop.setup(cfg, for_training=False)
-  step = trainer.checkpoints.restore("latest", expect_partial=True)
-  if not step:
-    raise sources.DataError(f"no checkpoint in {cfg.workdir}: train first")
-  return trainer, step
+  return loop.restore_trained(config.from_flags(need_train=False))
 
 
 def eval_logits(trainer: loop.Trainer, num: int):

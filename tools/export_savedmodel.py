@@ -15,6 +15,7 @@ import sys
 
 from absl import app, flags
 
+from ctc_trainer.errors import ConfigError
 from ctc_trainer import cli, config, export
 
 flags.DEFINE_string("export_dir", None, "Where to write the SavedModel (replaced if it "
@@ -34,7 +35,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   for name in ("workdir", "export_dir"):
     if not flags.FLAGS[name].value:
-      raise config.ConfigError(f"--{name} is required")
+      raise ConfigError(f"--{name} is required")
   cli.apply_workdir_flags()
   cfg = config.from_flags(need_train=False)
   fl = flags.FLAGS

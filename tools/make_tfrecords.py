@@ -24,6 +24,7 @@ import time
 
 from absl import app, flags, logging
 
+from ctc_trainer.errors import ConfigError
 from ctc_trainer import cli, config, models, summaries
 from ctc_trainer.charset import Charset
 from ctc_trainer.config import DataConfig, ModelConfig
@@ -61,7 +62,7 @@ def model_frames(fl: flags.FlagValues, num_classes: int):
   cfg = ModelConfig(name=fl.model, conv_filters=tuple(int(f) for f in fl.conv_filters),
                     rnn_units=fl.rnn_units, rnn_layers=fl.rnn_layers, dropout=fl.dropout)
   if cfg.name not in models.names():
-    raise config.ConfigError(f"--model={cfg.name!r} is unknown; known models: "
+    raise ConfigError(f"--model={cfg.name!r} is unknown; known models: "
                              f"{', '.join(models.names())}")
   model = models.build(cfg, num_classes, (fl.image_height, None, int(fl.image_channels)))
   return lambda widths: model.output_length(tf.constant(widths, tf.int32)).numpy()
@@ -95,13 +96,13 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not FLAGS.output_dir:
-    raise config.ConfigError("--output_dir is required")
+    raise ConfigError("--output_dir is required")
   cfg = data_config(FLAGS)
   if cfg.data_format == "tfrecord":
-    raise config.ConfigError("--data_format names the source format; it cannot be "
+    raise ConfigError("--data_format names the source format; it cannot be "
                              "tfrecord here")
   if not cfg.train_data and not cfg.eval_data:
-    raise config.ConfigError("give --train_data and/or --eval_data")
+    raise ConfigError("give --train_data and/or --eval_data")
   output_dir = os.path.expanduser(FLAGS.output_dir)
   charset = Charset.from_file(os.path.expanduser(FLAGS.charset)) if FLAGS.charset else None
   frames_fn = None

@@ -38,7 +38,8 @@ from ctc_trainer.config import DataConfig
 from ctc_trainer.data import audio as audio_lib
 from ctc_trainer.data import image as image_lib
 from ctc_trainer.data import tfrecord
-from ctc_trainer.data.sources import DataError, SampleList, load_samples, spread
+from ctc_trainer.data.sources import SampleList, load_samples, spread
+from ctc_trainer.errors import DataError
 
 AUTOTUNE = tf.data.AUTOTUNE
 # TFRecord shards read concurrently.

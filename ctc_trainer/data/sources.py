@@ -25,6 +25,7 @@ from absl import logging
 
 from ctc_trainer.charset import Charset
 from ctc_trainer.config import DataConfig
+from ctc_trainer.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 # Sidecar image variants, in order of preference when several share a name.
@@ -34,10 +35,6 @@ _EXAMPLES_LOGGED = 5
 
 
 SYNTHETIC_SEEDS = {"train": 1, "eval": 2}
-
-
-class DataError(ValueError):
-  """Bad input data; the message names the file (and line) at fault."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,7 @@ import numpy as np
 from absl import logging
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from ctc_trainer.data.sources import DataError
+from ctc_trainer.errors import DataError
 
 MANIFEST = "manifest.tsv"
 PARAMS = "params.json"

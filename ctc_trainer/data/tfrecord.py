@@ -28,7 +28,8 @@ import tensorflow as tf
 
 from ctc_trainer.config import DataConfig
 from ctc_trainer.data import image as image_lib
-from ctc_trainer.data.sources import DataError, SampleList
+from ctc_trainer.data.sources import SampleList
+from ctc_trainer.errors import DataError
 
 FEATURES = {
     "encoded": tf.io.FixedLenFeature([], tf.string),
