@@ -26,6 +26,10 @@ def rng_states(model) -> list:
   return [v for v in model.non_trainable_variables if "seed_generator" in v.path]
 
 
+# Where tf.train.Checkpoint stores the best_cer variable (attribute name best_cer).
+_BEST_CER_KEY = "best_cer/.ATTRIBUTES/VARIABLE_VALUE"
+
+
 class Checkpoints:
 
   def __init__(self, workdir: str, keep: int, model, **objects):
@@ -82,10 +86,33 @@ class Checkpoints:
         errors.append(f"{path}: {message}")
         continue
       logging.info("Restored %s at step %d", path, int(self.step))
+      if which == "latest":
+        self._keep_best_cer()
       return int(self.step)
     if errors:
       raise CheckpointError("no usable checkpoint: " + "; ".join(errors))
     return 0
+
+  def _keep_best_cer(self) -> None:
+    """best_cer from best/ when it is lower than the latest checkpoint's.
+
+    A run can save a new best and then die before its next regular checkpoint; the
+    latest checkpoint then holds an older, higher best_cer, and a resumed run would
+    replace best/ with a worse model.
+    """
+    best = self.best.latest_checkpoint
+    if not best:
+      return
+    try:
+      saved = tf.train.load_variable(best, _BEST_CER_KEY)
+    except (tf.errors.OpError, ValueError) as e:
+      logging.warning("Cannot read best_cer from %s (%s); keeping %g", best, e,
+                      float(self.best_cer))
+      return
+    if saved < float(self.best_cer):
+      logging.info("best/ holds CER %.4f, better than the latest checkpoint knew "
+                   "(%.4f)", saved, float(self.best_cer))
+      self.best_cer.assign(saved)
 
   def save(self, step: int) -> str:
     self.step.assign(step)

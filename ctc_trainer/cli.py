@@ -6,7 +6,7 @@ import sys
 
 from absl import flags, logging
 
-from ctc_trainer import config
+from ctc_trainer import config, options
 from ctc_trainer.errors import ConfigError, UserError
 
 FLAGS_FILE = "flags.cfg"
@@ -20,7 +20,8 @@ def write_flags(workdir: str) -> str:
   os.makedirs(workdir, exist_ok=True)
   lines = [f"# Effective flags of this run. Reproduce: python -m ctc_trainer.train "
            f"--flagfile={os.path.join(workdir, FLAGS_FILE)}"]
-  for flag in flags.FLAGS.get_flags_for_module(config.__name__):
+  for name in ("workdir", "charset", "model", *options.defined_flags()):
+    flag = flags.FLAGS[name]
     if flag.value is not None:
       lines.append(flag.serialize())
   path = os.path.join(workdir, FLAGS_FILE)

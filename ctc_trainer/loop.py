@@ -54,12 +54,25 @@ def load_charset(cfg: Config) -> Charset:
   return charset
 
 
+def warmup_steps(cfg: OptimConfig, train_steps: int) -> int:
+  """cfg.warmup_steps, or a tenth of train_steps when it is not below them: a short
+  run from a long run's flagfile (a smoke test, a quick look) still warms up, and
+  still decays, instead of refusing to start."""
+  if cfg.warmup_steps < train_steps:
+    return cfg.warmup_steps
+  shorter = train_steps // 10
+  logging.warning("--warmup_steps=%d is not below --train_steps=%d: warming up over "
+                  "the first %d steps instead", cfg.warmup_steps, train_steps, shorter)
+  return shorter
+
+
 def make_optimizer(cfg: OptimConfig, train_steps: int) -> keras.optimizers.Optimizer:
   lr = cfg.learning_rate
   if cfg.lr_schedule == "warmup_cosine":
+    warmup = warmup_steps(cfg, train_steps)
     lr = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0, warmup_target=cfg.learning_rate,
-        warmup_steps=cfg.warmup_steps, decay_steps=train_steps - cfg.warmup_steps)
+        warmup_steps=warmup, decay_steps=train_steps - warmup)
   if cfg.optimizer == "adamw":
     return keras.optimizers.AdamW(learning_rate=lr, weight_decay=cfg.weight_decay)
   return keras.optimizers.Adam(learning_rate=lr)
@@ -228,6 +241,26 @@ class _Interval:
     return host, keys
 
 
+def train_scalars(host: Dict[str, float], steps: int, elapsed: float,
+                  wait: float) -> Dict[str, float]:
+  """The train/* scalars of one log interval from its summed step outputs.
+
+  The mean loss is over the examples of the steps that were applied: a skipped
+  (non-finite) step adds neither loss nor examples to it. Throughput counts every
+  example the steps read.
+  """
+  finite_steps = max(steps - host["skipped"], 1.0)
+  return {
+      "loss": host["loss_sum"] / max(host["loss_examples"], 1.0),
+      "grad_norm": host["grad_norm"] / finite_steps,
+      "examples_per_sec": (host["examples"] + host["infeasible"]) / elapsed,
+      "input_wait_fraction": wait / elapsed,
+      "infeasible": host["infeasible"],
+      "skipped_steps": host["skipped"],
+      "padding_efficiency": host["valid_columns"] / max(host["padded_columns"], 1.0),
+  }
+
+
 def _log_interval(interval: _Interval, step: int, trainer: Trainer, writer,
                   progress: Tuple[float, int]) -> None:
   """Reads an interval once: console line, train/* scalars, bad-batch reports.
@@ -238,17 +271,8 @@ def _log_interval(interval: _Interval, step: int, trainer: Trainer, writer,
   host, keys = interval.read()
   now = time.time()
   elapsed = max(now - interval.start, 1e-9)
-  finite_steps = max(interval.steps - host["skipped"], 1.0)
-  scalars = {
-      "loss": host["loss_sum"] / max(host["examples"], 1.0),
-      "grad_norm": host["grad_norm"] / finite_steps,
-      "learning_rate": float(tf.convert_to_tensor(trainer.optimizer.learning_rate)),
-      "examples_per_sec": (host["examples"] + host["infeasible"]) / elapsed,
-      "input_wait_fraction": interval.wait / elapsed,
-      "infeasible": host["infeasible"],
-      "skipped_steps": host["skipped"],
-      "padding_efficiency": host["valid_columns"] / max(host["padded_columns"], 1.0),
-  }
+  scalars = train_scalars(host, interval.steps, elapsed, interval.wait)
+  scalars["learning_rate"] = float(tf.convert_to_tensor(trainer.optimizer.learning_rate))
   summaries.write_scalars(writer, step, "train", scalars)
   run_start, run_start_step = progress
   rate = (step - run_start_step) / max(now - run_start, 1e-9)

@@ -19,7 +19,7 @@ from ctc_trainer.charset import Charset
 
 @dataclasses.dataclass
 class Steps:
-  # batch -> {loss_sum, examples, infeasible, grad_norm, skipped, infeasible_keys,
+  # batch -> {loss_sum, loss_examples, examples, infeasible, grad_norm, skipped, infeasible_keys,
   #           nonfinite_keys}; a step with a non-finite loss or gradient leaves the
   #           weights and optimizer untouched and reports skipped = 1.
   train_step: Callable
@@ -84,9 +84,13 @@ def make_steps(model, optimizer, charset: Charset, strategy: tf.distribute.Strat
       factor = clip_norm / tf.maximum(grad_norm, clip_norm)
       grads = [g * factor for g in grads]
     no_keys = tf.zeros([0], tf.string)
+    examples = tf.reduce_sum(tf.cast(feasible, tf.float32))
     return grads, bad, {
+        # A skipped step's loss is left out, and so are its examples: the logged
+        # mean loss is over applied steps only.
         "loss_sum": tf.where(bad, 0.0, tf.reduce_sum(loss)),
-        "examples": tf.reduce_sum(tf.cast(feasible, tf.float32)),
+        "loss_examples": tf.where(bad, 0.0, examples),
+        "examples": examples,
         "infeasible": tf.reduce_sum(tf.cast(~feasible, tf.float32)),
         "grad_norm": tf.where(bad, 0.0, grad_norm),
         "infeasible_keys": tf.boolean_mask(batch["key"], ~feasible),

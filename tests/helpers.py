@@ -6,11 +6,12 @@ import tensorflow as tf
 
 from ctc_trainer import models, steps
 from ctc_trainer.charset import Charset
-from ctc_trainer.config import ModelConfig, OptimConfig
+from ctc_trainer.config import OptimConfig
 from ctc_trainer.data import pipeline
 from ctc_trainer.loop import make_optimizer
+from ctc_trainer.models.crnn import CRNNConfig
 
-TINY_MODEL = ModelConfig(conv_filters=(8, 16), rnn_units=16, rnn_layers=1, dropout=0.0)
+TINY_MODEL = CRNNConfig(conv_filters=(8, 16), rnn_units=16, rnn_layers=1, dropout=0.0)
 CHARSET = Charset(list("abcdefgh"))
 HEIGHT = 16
 

@@ -1,16 +1,42 @@
+import dataclasses
+
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from ctc_trainer import models
-from ctc_trainer.config import ModelConfig
+from ctc_trainer.models.speech import DS2Config
 from tests.helpers import TINY_MODEL
 
+TINY_DS2 = DS2Config(conv_filters=(8, 8), rnn_units=8, rnn_layers=1, dropout=0.0)
 
-def test_registry_knows_crnn_and_rejects_unknown():
-  assert "crnn" in models.names()
-  with pytest.raises(ValueError, match="unknown model"):
-    models.build(ModelConfig(name="nope"), 5, (16, None, 1))
+
+def test_registry_knows_each_model_with_its_config_and_modality():
+  assert models.names() == ["crnn", "ds2"]
+  assert models.config_class("ds2") is DS2Config
+  assert models.name_of(TINY_MODEL) == "crnn" and models.modality_of(TINY_MODEL) == "image"
+  assert models.modality_of("ds2") == "audio"
+  with pytest.raises(ValueError, match="unknown model 'nope'"):
+    models.config_class("nope")
+
+
+def test_a_new_model_is_one_registration():
+  @dataclasses.dataclass(frozen=True)
+  class LinearConfig:
+    pass
+
+  @models.register("linear_for_test", config=LinearConfig, modality="image")
+  def build(cfg, num_classes, input_shape):
+    del cfg, input_shape
+    return keras.layers.Dense(num_classes)
+
+  try:
+    assert models.name_of(LinearConfig()) == "linear_for_test"
+    layer = models.build(LinearConfig(), 7, (16, None, 1))
+    assert layer(tf.zeros([1, 3, 4])).shape == (1, 3, 7)
+  finally:
+    models._MODELS.pop("linear_for_test")  # pylint: disable=protected-access
 
 
 @pytest.mark.parametrize("width", [1, 7, 32, 33])
@@ -32,3 +58,23 @@ def test_logits_do_not_depend_on_batch_padding():
                   input_length=tf.constant([20, 44]))
   frames = int(model.output_length(tf.constant([20]))[0])
   np.testing.assert_allclose(alone[0, :frames], batched[0, :frames], atol=1e-5)
+
+
+@pytest.mark.parametrize("name, cfg, input_shape", [
+    ("crnn", TINY_MODEL, (16, None, 1)), ("ds2", TINY_DS2, (None, 16))])
+def test_mixed_precision_keeps_logits_float32_and_batch_norm_synchronized(
+    name, cfg, input_shape):
+  """What docs/architecture.md promises of every model: CTC gets float32 logits under
+  a mixed policy, and batch norm uses global-batch statistics under replicas."""
+  keras.mixed_precision.set_global_policy("mixed_float16")
+  try:
+    model = models.build(cfg, 6, input_shape)
+    shape = [2] + [d or 24 for d in input_shape]
+    logits = model(tf.zeros(shape), input_length=tf.constant([24, 12]))
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
+  assert models.name_of(cfg) == name
+  assert logits.dtype == tf.float32
+  norms = [l for l in model._flatten_layers()  # pylint: disable=protected-access
+           if isinstance(l, keras.layers.BatchNormalization)]
+  assert norms and all(l.synchronized for l in norms)

@@ -161,3 +161,38 @@ def test_deterministic_resume_equals_uninterrupted_run(tmp_path):
   for name in names:
     np.testing.assert_array_equal(straight.get_tensor(name), broken.get_tensor(name),
                                   err_msg=name)
+
+
+def test_best_cer_survives_a_crash_between_best_and_latest(tmp_path):
+  """A new best saved after the latest checkpoint (then a crash) must still bound
+  what counts as a better model after resuming, or best/ regresses."""
+  _, ckpts = _checkpoints(tmp_path)
+  ckpts.save(1)                           # latest: best_cer still inf
+  assert ckpts.save_if_best(2, 0.10)      # best/: 0.10; then the process dies
+  _, resumed = _checkpoints(tmp_path)
+  assert resumed.restore("latest") == 1
+  assert float(resumed.best_cer) == pytest.approx(0.10)
+  assert not resumed.save_if_best(3, 0.20)
+  assert resumed.save_if_best(4, 0.05)
+
+
+def test_logged_mean_loss_leaves_out_skipped_steps():
+  """A skipped step adds neither loss nor examples to the logged mean."""
+  from ctc_trainer import loop, metrics  # pylint: disable=import-outside-toplevel
+  _, fns = build_steps()
+  good = make_batch(["abc", "de"], 32)
+  bad = dict(good, inputs=tf.tensor_scatter_nd_update(
+      good["inputs"], [[1, 0, 0, 0]], [np.nan]))
+  padding = {"valid_columns": tf.constant(1.0), "padded_columns": tf.constant(1.0)}
+  outputs = [fns.train_step(good), fns.train_step(bad)]
+  sums = {}
+  for out in outputs:
+    out = {k: v for k, v in out.items() if not k.endswith("_keys")}
+    sums = metrics.add_sums(sums, dict(out, **padding))
+  host = {k: float(v) for k, v in sums.items()}
+  first = outputs[0]
+  expected = float(first["loss_sum"]) / float(first["examples"])
+  scalars = loop.train_scalars(host, steps=2, elapsed=1.0, wait=0.0)
+  assert scalars["skipped_steps"] == 1.0
+  assert scalars["loss"] == pytest.approx(expected)
+  assert scalars["examples_per_sec"] == 4.0   # both batches were read

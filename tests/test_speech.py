@@ -15,23 +15,23 @@ import tensorflow as tf
 
 from ctc_trainer import config, ctc, export, loop, models
 from ctc_trainer.charset import Charset
-from ctc_trainer.config import (AudioConfig, Config, DataConfig, LoopConfig, ModelConfig,
-                                OptimConfig)
+from ctc_trainer.config import AudioConfig, Config, DataConfig, LoopConfig, OptimConfig
 from ctc_trainer.data import audio, pipeline
+from ctc_trainer.models.speech import DS2Config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, "tools", "make_digit_sequences.py")
 FSDD = os.path.join(ROOT, "..", "shared", "data", "fsdd", "recordings")
 RATE = 8000
-TINY_DS2 = ModelConfig(name="ds2", conv_filters=(8, 8), rnn_units=16, rnn_layers=1,
-                       rnn_cell="gru", dropout=0.0)
+TINY_DS2 = DS2Config(conv_filters=(8, 8), rnn_units=16, rnn_layers=1, rnn_cell="gru",
+                     dropout=0.0)
 FEATURES = AudioConfig(sample_rate=RATE, num_mel_bins=16, max_audio_seconds=5)
 
 
 # --- the model ---------------------------------------------------------------------
 
 def test_registry_has_ds2_and_it_rejects_image_shapes():
-  assert "ds2" in models.names() and "ds2" in models.speech.AUDIO_MODELS
+  assert "ds2" in models.names() and models.modality_of("ds2") == "audio"
   with pytest.raises(ValueError, match="set --modality=audio"):
     models.build(TINY_DS2, 5, (32, None, 1))
 
@@ -66,8 +66,8 @@ def test_model_and_modality_must_agree(tmp_path):
   manifest.write_text("")
   cfg = Config(workdir=str(tmp_path), data=DataConfig(
       train_data=str(manifest), eval_data=str(manifest), modality="audio"))
-  with pytest.raises(config.ConfigError, match="--model=crnn does not read "
-                     "--modality=audio inputs; the audio models are: ds2"):
+  with pytest.raises(config.ConfigError, match="--model=crnn reads image inputs, not "
+                     "--modality=audio; the audio models are: ds2"):
     config.validate(cfg, need_train=True)
   config.validate(dataclasses.replace(cfg, model=TINY_DS2), need_train=True)
 

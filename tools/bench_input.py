@@ -49,7 +49,8 @@ from PIL import Image
 
 from ctc_trainer import config, loop, models
 from ctc_trainer.charset import Charset
-from ctc_trainer.config import DataConfig, LoopConfig, ModelConfig, OptimConfig
+from ctc_trainer.config import DataConfig, LoopConfig, OptimConfig
+from ctc_trainer.models.crnn import CRNNConfig
 from ctc_trainer.data import image as image_lib
 from ctc_trainer.data import pipeline, sources, synthetic, tfrecord, throughput
 from ctc_trainer.steps import make_steps
@@ -79,8 +80,8 @@ flags.DEFINE_string("rss_child", None, "Internal: run one (e) training job descr
 FLAGS = flags.FLAGS
 
 # The demo model of configs/demo_ocr.cfg.
-DEMO_MODEL = ModelConfig(conv_filters=(16, 32, 64), rnn_units=96, rnn_layers=1,
-                         dropout=0.1)
+DEMO_MODEL = CRNNConfig(conv_filters=(16, 32, 64), rnn_units=96, rnn_layers=1,
+                        dropout=0.1)
 CAPTCHA_ALPHABET = string.ascii_lowercase + string.digits
 LINE_ALPHABET = string.ascii_letters + string.digits + " .,"
 LINE_HEIGHT, LINE_MAX_WIDTH = 64, 1200

@@ -15,8 +15,8 @@ import sys
 
 from absl import app, flags
 
-from ctc_trainer.errors import ConfigError
 from ctc_trainer import cli, config, export
+from ctc_trainer.errors import ConfigError
 
 flags.DEFINE_string("export_dir", None, "Where to write the SavedModel (replaced if it "
                     "holds an older export).")

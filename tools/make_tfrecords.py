@@ -17,18 +17,17 @@ of --model, --conv_filters, --rnn_units, --rnn_layers given, e.g. by the trainin
 flagfile). The same inputs give byte-identical shards. See docs/data_formats.md.
 """
 
-import dataclasses
 import os
 import sys
 import time
 
 from absl import app, flags, logging
 
-from ctc_trainer.errors import ConfigError
-from ctc_trainer import cli, config, models, summaries
+from ctc_trainer import cli, config, models, options, summaries
 from ctc_trainer.charset import Charset
-from ctc_trainer.config import DataConfig, ModelConfig
+from ctc_trainer.config import DataConfig
 from ctc_trainer.data import sources, tfrecord
+from ctc_trainer.errors import ConfigError
 
 flags.DEFINE_string("output_dir", None, "Folder for the shards, reports and charset.")
 flags.DEFINE_integer("num_shards", 0, "Shards per split; 0: from --shard_size_mb.",
@@ -45,26 +44,17 @@ _MODEL_FLAGS = ("model", "conv_filters", "rnn_units", "rnn_layers")
 
 
 def data_config(fl: flags.FlagValues) -> DataConfig:
-  """DataConfig from the training flags of the same names; bad samples are skipped
-  (and reported) whatever the policies say."""
-  values = {f.name: fl[f.name].value for f in dataclasses.fields(DataConfig)
-            if f.name in fl}
-  values["image_channels"] = int(values["image_channels"])
-  for name in ("train_data", "eval_data"):
-    values[name] = os.path.expanduser(values[name] or "")
-  values.update(bad_sample_policy="skip", unknown_char_policy="skip")
-  return DataConfig(**values)
+  """DataConfig from the training flags, as training builds it; bad samples are
+  skipped (and reported) whatever the policies say."""
+  return options.from_flags(DataConfig, fl, bad_sample_policy="skip",
+                            unknown_char_policy="skip")
 
 
 def model_frames(fl: flags.FlagValues, num_classes: int):
   """widths int [n] -> the configured model's output frames int [n]."""
   import tensorflow as tf  # late: only the frame check needs a model
-  cfg = ModelConfig(name=fl.model, conv_filters=tuple(int(f) for f in fl.conv_filters),
-                    rnn_units=fl.rnn_units, rnn_layers=fl.rnn_layers, dropout=fl.dropout)
-  if cfg.name not in models.names():
-    raise ConfigError(f"--model={cfg.name!r} is unknown; known models: "
-                             f"{', '.join(models.names())}")
-  model = models.build(cfg, num_classes, (fl.image_height, None, int(fl.image_channels)))
+  model = models.build(config.model_from_flags(fl), num_classes,
+                       (fl.image_height, None, int(fl.image_channels)))
   return lambda widths: model.output_length(tf.constant(widths, tf.int32)).numpy()
 
 

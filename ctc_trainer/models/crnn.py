@@ -4,21 +4,27 @@ Image width is time. The first two conv blocks halve height and width, later one
 halve height only, so one output frame covers 4 input columns.
 """
 
+import dataclasses
+
 import keras
 import tensorflow as tf
 
-from ctc_trainer.config import ModelConfig
 from ctc_trainer.models import register
+from ctc_trainer.models.base import ConvRNNConfig, SequenceModel
 
 _WIDTH_POOLS = 2  # conv blocks that also pool the width
 
 
-class CRNN(keras.Model):
+@dataclasses.dataclass(frozen=True)
+class CRNNConfig(ConvRNNConfig):
+  """crnn's options: those of every conv + RNN model (LSTM cells)."""
 
-  def __init__(self, cfg: ModelConfig, num_classes: int, input_shape, **kwargs):
-    super().__init__(**kwargs)
-    height, _, _ = input_shape
-    self.stride = 2 ** min(_WIDTH_POOLS, len(cfg.conv_filters))
+
+class CRNN(SequenceModel):
+
+  def __init__(self, cfg: CRNNConfig, num_classes: int, **kwargs):
+    super().__init__(2 ** min(_WIDTH_POOLS, len(cfg.conv_filters)), cfg.rnn_layers,
+                     cfg.rnn_units, cfg.dropout, num_classes, **kwargs)
     self.blocks = []
     for i, filters in enumerate(cfg.conv_filters):
       pool = (2, 2) if i < _WIDTH_POOLS else (2, 1)
@@ -30,23 +36,12 @@ class CRNN(keras.Model):
           keras.layers.ReLU(),
           keras.layers.MaxPooling2D(pool, strides=pool, padding="same"),
       ])
-    self.rnns = [
-        keras.layers.Bidirectional(keras.layers.LSTM(cfg.rnn_units, return_sequences=True))
-        for _ in range(cfg.rnn_layers)
-    ]
-    self.dropout = keras.layers.Dropout(cfg.dropout)
-    # Logits in float32 under any mixed precision policy: CTC needs the range.
-    self.classifier = keras.layers.Dense(num_classes, dtype="float32")
-
-  def output_length(self, input_length):
-    """Valid output frames for valid input widths: int32 [B] -> int32 [B]."""
-    return (input_length + self.stride - 1) // self.stride
 
   def call(self, inputs, input_length=None, training=False):
     """inputs: float [B, H, W, C] -> logits [B, ceil(W / stride), num_classes].
 
-    With input_length, the LSTMs skip padding frames, so an example's logits do not
-    depend on what it was batched with.
+    With input_length, padding columns are zeroed after every block and skipped by
+    the LSTMs, so an example's logits do not depend on what it was batched with.
     """
     x = inputs
     stride = 1
@@ -63,17 +58,16 @@ class CRNN(keras.Model):
     # [B, H', T, C] -> [B, T, H' * C]: each column becomes one frame.
     x = tf.transpose(x, [0, 2, 1, 3])
     x = tf.reshape(x, [shape[0], shape[2], x.shape[2] * x.shape[3]])
-    mask = None
-    if input_length is not None:
-      mask = tf.sequence_mask(self.output_length(input_length), shape[2])
-    for rnn in self.rnns:
-      x = rnn(x, mask=mask, training=training)
-    x = self.dropout(x, training=training)
-    return self.classifier(x)
+    length = None if input_length is None else self.output_length(input_length)
+    return self.sequence_head(x, length, training)
 
 
-@register("crnn")
-def build(cfg: ModelConfig, num_classes: int, input_shape):
-  model = CRNN(cfg, num_classes, input_shape, name="crnn")
+@register("crnn", config=CRNNConfig, modality="image")
+def build(cfg: CRNNConfig, num_classes: int, input_shape):
+  """input_shape: (height, None, channels), the per-image inputs [H, W, C]."""
+  if len(input_shape) != 3:
+    raise ValueError(f"crnn reads images [H, W, C], got inputs shaped "
+                     f"{tuple(input_shape)}: set --modality=image")
+  model = CRNN(cfg, num_classes, name="crnn")
   model(tf.zeros((1,) + tuple(d or 4 * model.stride for d in input_shape)))
   return model

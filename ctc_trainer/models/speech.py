@@ -6,40 +6,43 @@ frame covers 4 input frames (40 ms at a 10 ms hop): fewer RNN steps, and still s
 frames per spoken character.
 """
 
+import dataclasses
+
 import keras
 import tensorflow as tf
 
-from ctc_trainer.config import ModelConfig
 from ctc_trainer.models import register
+from ctc_trainer.models.base import ConvRNNConfig, SequenceModel
+from ctc_trainer.options import option
 
-AUDIO_MODELS = ("ds2",)   # the registry's models that read audio features
 _TIME_STRIDES = 2         # conv blocks that also stride over time
 _KERNEL = (5, 5)          # (time, frequency); odd, so padding can be symmetric
+_CELLS = {"gru": keras.layers.GRU, "lstm": keras.layers.LSTM}
 
 
-class DS2(keras.Model):
+@dataclasses.dataclass(frozen=True)
+class DS2Config(ConvRNNConfig):
+  """ds2's options: those of every conv + RNN model, and its recurrent cell."""
+  rnn_cell: str = option("lstm", "ds2: the recurrent cell of its bidirectional layers.",
+                         choices=tuple(_CELLS))
 
-  def __init__(self, cfg: ModelConfig, num_classes: int, **kwargs):
-    super().__init__(**kwargs)
-    self.stride = 2 ** min(_TIME_STRIDES, len(cfg.conv_filters))
+
+class DS2(SequenceModel):
+
+  def __init__(self, cfg: DS2Config, num_classes: int, **kwargs):
+    super().__init__(2 ** min(_TIME_STRIDES, len(cfg.conv_filters)), cfg.rnn_layers,
+                     cfg.rnn_units, cfg.dropout, num_classes, cell=_CELLS[cfg.rnn_cell],
+                     **kwargs)
     self.blocks = []
     for i, filters in enumerate(cfg.conv_filters):
       time_stride = 2 if i < _TIME_STRIDES else 1
       self.blocks.append((time_stride, [
           keras.layers.Conv2D(filters, _KERNEL, strides=(time_stride, 2),
                               padding="valid", use_bias=False),
-          keras.layers.BatchNormalization(),
+          # Synchronized, as in the CRNN: global-batch statistics under replicas.
+          keras.layers.BatchNormalization(synchronized=True),
           keras.layers.ReLU(),
       ]))
-    cell = {"gru": keras.layers.GRU, "lstm": keras.layers.LSTM}[cfg.rnn_cell]
-    self.rnns = [keras.layers.Bidirectional(cell(cfg.rnn_units, return_sequences=True))
-                 for _ in range(cfg.rnn_layers)]
-    self.dropout = keras.layers.Dropout(cfg.dropout)
-    self.classifier = keras.layers.Dense(num_classes)
-
-  def output_length(self, input_length):
-    """Valid output frames for valid input frames: int32 [B] -> int32 [B]."""
-    return (input_length + self.stride - 1) // self.stride
 
   def call(self, inputs, input_length=None, training=False):
     """inputs: float [B, T, F] -> logits [B, ceil(T / stride), num_classes].
@@ -66,15 +69,11 @@ class DS2(keras.Model):
     shape = tf.shape(x)
     # [B, T', F', C] -> [B, T', F' * C]: each frame's features and channels together.
     x = tf.reshape(x, [shape[0], shape[1], x.shape[2] * x.shape[3]])
-    mask = None if length is None else tf.sequence_mask(length, shape[1])
-    for rnn in self.rnns:
-      x = rnn(x, mask=mask, training=training)
-    x = self.dropout(x, training=training)
-    return self.classifier(x)
+    return self.sequence_head(x, length, training)
 
 
-@register("ds2")
-def build(cfg: ModelConfig, num_classes: int, input_shape):
+@register("ds2", config=DS2Config, modality="audio")
+def build(cfg: DS2Config, num_classes: int, input_shape):
   """input_shape: (None, F), the per-utterance features [T, F] of data/audio.py."""
   if len(input_shape) != 2 or input_shape[1] is None:
     raise ValueError(f"ds2 reads audio features [T, F], got inputs shaped "

@@ -1,0 +1,52 @@
+"""What the CTC models share: the frame stride, the recurrent stack and the classifier."""
+
+import dataclasses
+from typing import Tuple
+
+import keras
+import tensorflow as tf
+
+from ctc_trainer.options import option
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvRNNConfig:
+  """The options of a conv stack followed by bidirectional RNNs; both built-in models
+  extend it, so the flags are shared."""
+  conv_filters: Tuple[int, ...] = option(
+      (32, 64, 128), "Filters of each conv block.",
+      check=(lambda v: bool(v) and all(s.isdigit() and int(s) > 0 for s in v),
+             "--conv_filters must be a comma-separated list of positive integers"))
+  rnn_units: int = option(128, "Units per direction of each bidirectional RNN layer.",
+                          minimum=1)
+  rnn_layers: int = option(2, "Bidirectional RNN layers.", minimum=1)
+  dropout: float = option(0.1, "Dropout before the output layer.", minimum=0, below=1)
+
+
+class SequenceModel(keras.Model):
+  """A feature extractor (the subclass's) followed by bidirectional RNNs, dropout and
+  a float32 classifier. `stride` input steps make one output frame."""
+
+  def __init__(self, stride: int, rnn_layers: int, rnn_units: int, dropout: float,
+               num_classes: int, cell=keras.layers.LSTM, **kwargs):
+    super().__init__(**kwargs)
+    self.stride = stride
+    self.rnns = [keras.layers.Bidirectional(cell(rnn_units, return_sequences=True))
+                 for _ in range(rnn_layers)]
+    self.dropout = keras.layers.Dropout(dropout)
+    # Logits in float32 under any mixed precision policy: CTC needs the range.
+    self.classifier = keras.layers.Dense(num_classes, dtype="float32")
+
+  def output_length(self, input_length):
+    """Valid output frames for valid input steps: int32 [B] -> int32 [B]."""
+    return (input_length + self.stride - 1) // self.stride
+
+  def sequence_head(self, frames, length, training):
+    """frames [B, T', D] (T' = ceil(T / stride)), length: valid frames int32 [B] or
+    None -> logits float32 [B, T', num_classes]. The RNNs skip padding frames, so an
+    example's logits do not depend on what it was batched with."""
+    mask = None if length is None else tf.sequence_mask(length, tf.shape(frames)[1])
+    x = frames
+    for rnn in self.rnns:
+      x = rnn(x, mask=mask, training=training)
+    return self.classifier(self.dropout(x, training=training))
