@@ -103,7 +103,9 @@ class LoopConfig:
   checkpoint_every: int = 500
   keep_checkpoints: int = 3
   beam_width: int = 10
-  beam_prune: bool = False        # prune sure-blank frames and unlikely classes first
+  # Registered decoders (ctc_trainer.decoders) eval reports; the first is the primary:
+  # the headline metrics, best/, and what the SavedModel serves.
+  decoder: Tuple[str, ...] = ("beam", "greedy")
   num_text_samples: int = 8       # eval samples written to TensorBoard as text
   num_image_samples: int = 3
   eval_max_batches: int = 0       # 0 = the whole eval set
@@ -257,11 +259,17 @@ flags.DEFINE_integer("checkpoint_every", _L.checkpoint_every,
                      "Steps between checkpoints.")
 flags.DEFINE_integer("keep_checkpoints", _L.keep_checkpoints,
                      "Latest checkpoints kept (the best one is kept apart).")
-flags.DEFINE_integer("beam_width", _L.beam_width, "Beam width of the eval decoder.")
-flags.DEFINE_bool("beam_prune", _L.beam_prune,
-                  "Eval beam search on a pruned problem (sure-blank frames and classes "
-                  "that never reach 1e-4 dropped): same top-1 on trained models, "
-                  "10x+ faster at beam 100 (docs/benchmarks.md).")
+flags.DEFINE_integer("beam_width", _L.beam_width, "Beam width of the eval decoders.")
+flags.DEFINE_list("decoder", list(_L.decoder),
+                  "Decoders eval reports, comma-separated names from the registry "
+                  "in ctc_trainer/decoders/, such as greedy, beam and beam_pruned "
+                  "(beam search on a pruned problem: same top-1 on trained models, "
+                  "10x+ faster at beam 100; docs/benchmarks.md). The first is the "
+                  "primary: its cer/wer/seq_accuracy are the headline, select best/, "
+                  "and it is what an export serves.")
+flags.DEFINE_bool("beam_prune", False,
+                  "Deprecated: use --decoder=beam_pruned. True turns a primary 'beam' "
+                  "decoder into 'beam_pruned' (kept so that old flags.cfg files resume).")
 flags.DEFINE_integer("num_text_samples", _L.num_text_samples,
                      "Eval samples shown as text in TensorBoard.")
 flags.DEFINE_integer("num_image_samples", _L.num_image_samples,
@@ -363,7 +371,7 @@ def from_flags(fl: flags.FlagValues = flags.FLAGS, need_train: bool = True,
   loop = LoopConfig(train_steps=fl.train_steps, log_every=fl.log_every,
                     eval_every=fl.eval_every, checkpoint_every=fl.checkpoint_every,
                     keep_checkpoints=fl.keep_checkpoints, beam_width=fl.beam_width,
-                    beam_prune=fl.beam_prune,
+                    decoder=_decoder_names(fl.decoder, fl.beam_prune),
                     num_text_samples=fl.num_text_samples,
                     num_image_samples=fl.num_image_samples,
                     eval_max_batches=fl.eval_max_batches, seed=fl.seed,
@@ -379,12 +387,29 @@ def from_flags(fl: flags.FlagValues = flags.FLAGS, need_train: bool = True,
   return cfg
 
 
+def _decoder_names(decoder, beam_prune: bool) -> Tuple[str, ...]:
+  """--decoder, with the deprecated --beam_prune applied to its primary."""
+  names = tuple(decoder)
+  if beam_prune and names[:1] == ("beam",):
+    names = ("beam_pruned",) + names[1:]
+  return names
+
+
 def validate(cfg: Config, need_train: bool, need_eval: bool = True) -> None:
   """Checks what single-flag validators cannot: paths and combinations."""
-  from ctc_trainer import models  # late: models imports TensorFlow
+  from ctc_trainer import decoders, models  # late: both import TensorFlow
   if cfg.model.name not in models.names():
     raise ConfigError(f"--model={cfg.model.name!r} is unknown; known models: "
                       f"{', '.join(models.names())}")
+  decoder, known = cfg.loop.decoder, ", ".join(decoders.names())
+  if not decoder:
+    raise ConfigError(f"--decoder names no decoder; known decoders: {known}")
+  unknown = [name for name in decoder if name not in decoders.names()]
+  if unknown:
+    raise ConfigError(f"--decoder={','.join(decoder)}: unknown decoder "
+                      f"{unknown[0]!r}; known decoders: {known}")
+  if len(set(decoder)) != len(decoder):
+    raise ConfigError(f"--decoder={','.join(decoder)} names a decoder twice")
   d = cfg.data
   needed = [("eval_data", d.eval_data)] if need_eval else []
   if need_train:
