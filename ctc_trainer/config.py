@@ -9,12 +9,12 @@ dataclasses, so every piece can be built in a test without flag parsing.
 
 import dataclasses
 import os
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import tensorflow as tf
 from absl import flags
 
-from ctc_trainer import models, options
+from ctc_trainer import decoders, models, options
 from ctc_trainer.errors import ConfigError
 from ctc_trainer.models.crnn import CRNNConfig
 from ctc_trainer.options import option
@@ -162,11 +162,15 @@ class LoopConfig:
   checkpoint_every: int = option(500, "Steps between checkpoints.", minimum=1)
   keep_checkpoints: int = option(3, "Latest checkpoints kept (the best one is kept "
                                  "apart).", minimum=1)
-  beam_width: int = option(10, "Beam width of the eval decoder.", minimum=1)
-  beam_prune: bool = option(
-      False, "Eval beam search on a pruned problem (sure-blank frames and classes that "
-      "never reach 1e-4 dropped): same top-1 on trained models, 10x+ faster at beam "
-      "100 (docs/benchmarks.md).")
+  beam_width: int = option(10, "Beam width of the eval decoders.", minimum=1)
+  # Registered decoders (ctc_trainer/decoders) that eval reports; the first is the
+  # primary: the headline metrics, best/, and what the SavedModel serves.
+  decoder: Tuple[str, ...] = option(
+      ("beam", "greedy"), "Decoders eval reports, comma-separated names from the "
+      "registry in ctc_trainer/decoders/, such as greedy, beam and beam_pruned (beam "
+      "search on a pruned problem: same top-1 on trained models, 10x+ faster at beam "
+      "100; docs/benchmarks.md). The first is the primary: its cer/wer/seq_accuracy "
+      "are the headline, select best/, and it is what an export serves.")
   num_text_samples: int = option(8, "Eval samples shown as text in TensorBoard.",
                                  minimum=0)
   num_image_samples: int = option(3, "Eval inputs shown as images in TensorBoard.",
@@ -217,6 +221,9 @@ flags.DEFINE_string("charset", "", "Charset file: UTF-8, one symbol per line (a 
                     "labels and saved as WORKDIR/charset.txt.")
 flags.DEFINE_string("model", "crnn", "Model name in the registry (ctc_trainer/models): "
                     + ", ".join(models.names()) + ".")
+flags.DEFINE_bool("beam_prune", False,
+                  "Deprecated: use --decoder=beam_pruned. True turns a primary 'beam' "
+                  "decoder into 'beam_pruned' (kept so that old flags.cfg files resume).")
 # Not part of a run's config: train.py's mode. Defined here so that the flags.cfg of
 # older runs, which saved it, still parses in every entry point.
 flags.DEFINE_bool("input_only", False, "Iterate the training input pipeline for "
@@ -237,16 +244,34 @@ def from_flags(fl: flags.FlagValues = flags.FLAGS, need_train: bool = True,
   """Builds the Config from parsed flags. Raises ConfigError on bad combinations."""
   if not fl.workdir:
     raise ConfigError("--workdir is required")
+  loop = options.from_flags(LoopConfig, fl)
   cfg = Config(workdir=_expand(fl.workdir), charset=_expand(fl.charset),
                data=options.from_flags(DataConfig, fl), model=model_from_flags(fl),
                optim=options.from_flags(OptimConfig, fl),
-               loop=options.from_flags(LoopConfig, fl))
+               loop=dataclasses.replace(
+                   loop, decoder=_decoder_names(loop.decoder, fl.beam_prune)))
   validate(cfg, need_train, need_eval)
   return cfg
 
 
+def _decoder_names(decoder: Tuple[str, ...], beam_prune: bool) -> Tuple[str, ...]:
+  """--decoder, with the deprecated --beam_prune applied to its primary."""
+  if beam_prune and decoder[:1] == ("beam",):
+    return ("beam_pruned",) + decoder[1:]
+  return decoder
+
+
 def validate(cfg: Config, need_train: bool, need_eval: bool = True) -> None:
   """Checks what single-flag validators cannot: paths and combinations."""
+  decoder, known = cfg.loop.decoder, ", ".join(decoders.names())
+  if not decoder:
+    raise ConfigError(f"--decoder names no decoder; known decoders: {known}")
+  unknown = [name for name in decoder if name not in decoders.names()]
+  if unknown:
+    raise ConfigError(f"--decoder={','.join(decoder)}: unknown decoder "
+                      f"{unknown[0]!r}; known decoders: {known}")
+  if len(set(decoder)) != len(decoder):
+    raise ConfigError(f"--decoder={','.join(decoder)} names a decoder twice")
   d = cfg.data
   needed = [("eval_data", d.eval_data)] if need_eval else []
   if need_train:

@@ -1,15 +1,17 @@
 """The serving tf.Module, its SavedModel, transcription helpers and the parity gate.
 
 A SavedModel written here needs nothing but TensorFlow to run: the preprocessing, the
-model, the beam search and the charset (as lookup tables) are all inside it.
+model, the run's primary decoder (the first of --decoder, from ctc_trainer.decoders)
+and the charset (as lookup tables) are all inside it.
 
 Signatures (K = top_k, fixed at export; B = batch):
   serving_default(image_bytes string [B])                        -> outputs
   features(inputs float32 [B, H, W, C], input_length int32 [B])  -> outputs
-  outputs: text string [B]             the best beam's transcription
-           confidence float32 [B]      exp(the best beam's log probability)
-           top_k_texts string [B, K]   the K best beams, best first
+  outputs: text string [B]             the decoder's best path, as text
+           confidence float32 [B]      exp(the best path's log probability)
+           top_k_texts string [B, K]   the K best paths, best first
            top_k_scores float32 [B, K] their log probabilities
+K is at most what the decoder gives: the beam width for beam decoders, 1 for greedy.
 
 serving_default preprocesses with ctc_trainer.data.image.decode_and_resize, the very
 function the training pipeline maps over its files, and pads the batch with zeros to
@@ -30,7 +32,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
 import tensorflow as tf
 from absl import logging
 
-from ctc_trainer import ctc, loop, metrics
+from ctc_trainer import decoders, loop, metrics, steps
 from ctc_trainer.charset import Charset
 from ctc_trainer.config import Config, DataConfig
 from ctc_trainer.errors import ConfigError, DataError, ExportError
@@ -38,7 +40,7 @@ from ctc_trainer.data import audio as audio_lib
 from ctc_trainer.data import image as image_lib
 from ctc_trainer.data import pipeline, sources
 
-DEFAULT_TOP_K = 5   # or the beam width, if smaller
+DEFAULT_TOP_K = 5   # or what the decoder gives, if fewer
 # The gate's bound on |checkpoint CER - SavedModel CER|: the two must agree exactly,
 # up to float rounding of the sums.
 PARITY_TOLERANCE = 1e-6
@@ -50,27 +52,34 @@ ServeFn = Callable[[tf.Tensor], Dict[str, tf.Tensor]]
 
 
 class ServingModule(tf.Module):
-  """Image bytes (or preprocessed inputs) in, beam-search transcriptions out.
+  """Image bytes (or preprocessed inputs) in, transcriptions by one decoder out.
 
   `serve_bytes`, `serve_features` and `preprocess` are tf.functions with input
   signatures, traced once each; `signatures()` names the first two for the SavedModel.
   """
 
   def __init__(self, model, charset: Charset, data_cfg: DataConfig, beam_width: int,
-               top_k: Optional[int] = None, input_scale: float = 1.0):
+               top_k: Optional[int] = None, input_scale: float = 1.0,
+               decoder: str = "beam"):
     """model: inputs [B, H, W, C] -> logits [B, T, charset.num_classes], with
-    `output_length`. top_k: beams returned, None = min(DEFAULT_TOP_K, beam_width).
+    `output_length`. decoder: a registered decoder's name, run at beam_width.
+    top_k: paths returned, None = min(DEFAULT_TOP_K, what the decoder gives).
     `input_scale` multiplies the preprocessed images; only tests set it, to break
     serving/training parity on purpose and see the gate fail."""
     super().__init__(name="ctc_serving")
+    self._decoder = decoders.get(decoder)
+    max_paths = self._decoder.max_paths(decoders.DecoderConfig(beam_width))
     if top_k is None:
-      top_k = min(DEFAULT_TOP_K, beam_width)
-    if not 1 <= top_k <= beam_width:
-      raise ConfigError(f"--top_k={top_k} must be between 1 and --beam_width="
-                        f"{beam_width}")
+      top_k = min(DEFAULT_TOP_K, max_paths)
+    if not 1 <= top_k <= max_paths:
+      limit = ("--beam_width=" if max_paths == beam_width else "") + str(max_paths)
+      raise ConfigError(f"--top_k={top_k} must be between 1 and {limit}: "
+                        f"--decoder={decoder} gives at most {max_paths} paths")
     self.model = model
+    self.decoder_name = decoder
     self.beam_width = beam_width
     self.top_k = top_k
+    self._decoder_config = decoders.DecoderConfig(beam_width, top_paths=top_k)
     self._data = data_cfg
     self._input_scale = input_scale
     # A charset of the module's own whose tables, set as attributes, are tracked and
@@ -88,11 +97,11 @@ class ServingModule(tf.Module):
   @classmethod
   def from_trainer(cls, trainer: loop.Trainer, top_k: Optional[int] = None,
                    input_scale: float = 1.0) -> "ServingModule":
-    """Serves a (restored) trainer's model with its charset, image settings and the
-    eval beam width, so the export decodes exactly as evaluation does."""
+    """Serves a (restored) trainer's model with its charset, image settings, primary
+    decoder and beam width, so the export decodes exactly as evaluation does."""
     cfg = trainer.cfg
     return cls(trainer.model, trainer.charset, cfg.data, cfg.loop.beam_width, top_k,
-               input_scale)
+               input_scale, decoder=cfg.loop.decoder[0])
 
   def signatures(self) -> Dict[str, tf.types.experimental.ConcreteFunction]:
     return {"serving_default": self.serve_bytes.get_concrete_function(),
@@ -144,8 +153,7 @@ class ServingModule(tf.Module):
   def _transcribe(self, inputs, input_length):
     logits = self.model(inputs, input_length=input_length, training=False)
     logit_length = self.model.output_length(input_length)
-    paths, log_probs = ctc.beam_search_decode(logits, logit_length, self.beam_width,
-                                              self.top_k)
+    paths, log_probs = self._decoder(logits, logit_length, self._decoder_config)
     texts = tf.stack([self._charset.decode(p) for p in paths], axis=1)
     return {"text": texts[:, 0], "confidence": tf.exp(log_probs[:, 0]),
             "top_k_texts": texts, "top_k_scores": log_probs}
@@ -331,12 +339,14 @@ def check_parity(trainer: loop.Trainer, serve: ServeFn,
                  samples: sources.SampleList) -> Parity:
   """Compares the checkpoint's eval step with `serve` (image bytes through the
   exported preprocessing) on the same samples, batched alike, scored with the same
-  metric code: CER on both sides, and each transcription.
+  metric code: CER on both sides, and each transcription, both by the run's primary
+  decoder (the one the export serves).
 
   Files the pipeline drops (policy 'skip') are left out of both; with policy 'error'
   an undecodable file raises a DataError naming it.
   """
   cfg = trainer.cfg
+  primary = cfg.loop.decoder[0]
   dataset = pipeline.make_dataset(cfg.data, trainer.charset, "eval", samples=samples)
   sums, paths, labels, expected = {}, [], [], []
   iterator = iter(dataset)
@@ -351,7 +361,7 @@ def check_parity(trainer: loop.Trainer, serve: ServeFn,
     sums = metrics.add_sums(sums, batch_sums)
     paths += [k.decode("utf-8") for k in batch["key"].numpy()]
     labels += [t.decode("utf-8") for t in batch["text"].numpy()]
-    expected += [t.decode("utf-8") for t in decoded["beam"].numpy()]
+    expected += [t.decode("utf-8") for t in decoded[primary].numpy()]
   if not paths:
     raise DataError(f"the eval set {cfg.data.eval_data} yielded no batch")
   served = list(transcribe_files(serve, paths, cfg.data.eval_batch_size))
@@ -365,7 +375,8 @@ def check_parity(trainer: loop.Trainer, serve: ServeFn,
     first = f"{paths[i]}: {expected[i]!r} != {served[i].error or texts[i]!r}"
   served_sums = metrics.batch_sums(tf.constant(texts, tf.string),
                                    tf.constant(labels, tf.string))
-  return Parity(checkpoint_cer=metrics.results(sums)["cer"],
+  checkpoint_sums = steps.decoder_sums(sums, primary)
+  return Parity(checkpoint_cer=metrics.results(checkpoint_sums)["cer"],
                 saved_model_cer=metrics.results(served_sums)["cer"],
                 num_samples=len(paths), num_different=len(different),
                 first_different=first)
@@ -414,7 +425,8 @@ def _write_info(export_dir: str, cfg: Config, which: str, step: int,
           "image_height": cfg.data.image_height,
           "image_channels": cfg.data.image_channels,
           "max_image_width": cfg.data.max_image_width,
-          "beam_width": module.beam_width, "top_k": module.top_k,
+          "decoder": module.decoder_name, "beam_width": module.beam_width,
+          "top_k": module.top_k,
           "charset_size": len(module._charset.symbols),
           "parity": dataclasses.asdict(parity)}
   path = os.path.join(export_dir, INFO_FILE)

@@ -24,7 +24,7 @@ from ctc_trainer.config import Config, OptimConfig
 from ctc_trainer.errors import (CheckpointError, DataError, NonFiniteError,
                                 TrainingInterrupted)
 from ctc_trainer.data import pipeline, sources, throughput
-from ctc_trainer.steps import Steps, make_steps
+from ctc_trainer.steps import Steps, decoder_sums, make_steps
 
 CHARSET_FILE = "charset.txt"
 
@@ -113,7 +113,7 @@ def setup(cfg: Config, for_training: bool = True) -> Trainer:
                      distribute.distributed_spec(strategy, signature),
                      global_batch_size=cfg.data.batch_size, clip_norm=cfg.optim.clip_norm,
                      beam_width=cfg.loop.beam_width, jit_compile=cfg.loop.jit_compile,
-                     beam_prune=cfg.loop.beam_prune)
+                     decoder_names=cfg.loop.decoder)
   return Trainer(cfg, charset, strategy, model, optimizer, checkpoints, steps)
 
 
@@ -139,11 +139,17 @@ def _next_batch(iterator, samples, cfg):
 
 # --- evaluation ------------------------------------------------------------------
 
+DECODER_METRICS = ("cer", "wer", "seq_accuracy")   # reported per decoder
+
+
 def evaluate(trainer: Trainer, eval_samples: sources.SampleList,
              ) -> Tuple[Dict[str, float], Optional[dict], Optional[dict]]:
   """One pass over the eval set -> (metrics, first batch, its decoded samples).
 
-  Sums stay tensors until the end: one host sync per eval, not one per batch.
+  metrics: the primary decoder's (the first of --decoder) cer, wer, seq_accuracy and
+  num_seqs, the loss, and "<decoder>/cer", "/wer", "/seq_accuracy" of each decoder,
+  primary first. Sums stay tensors until the end: one host sync per eval, not one
+  per batch.
   """
   cfg = trainer.cfg
   sums, first_batch, first_samples = {}, None, None
@@ -163,29 +169,36 @@ def evaluate(trainer: Trainer, eval_samples: sources.SampleList,
   if not sums:
     raise DataError(f"the eval set {cfg.data.eval_data} yielded no batch")
   host = {k: float(v) for k, v in sums.items()}
-  results = metrics.results(host)
+  names = cfg.loop.decoder
+  results = metrics.results(decoder_sums(host, names[0]))
   results["loss"] = host["loss_sum"] / max(host["loss_examples"], 1.0)
-  results["greedy_cer"] = metrics.results(
-      dict(host, char_edits=host["greedy_char_edits"]))["cer"]
-  results["greedy_seq_accuracy"] = metrics.results(
-      dict(host, seq_correct=host["greedy_seq_correct"]))["seq_accuracy"]
+  for name in names:
+    per_decoder = metrics.results(decoder_sums(host, name))
+    results.update({f"{name}/{k}": per_decoder[k] for k in DECODER_METRICS})
   return results, first_batch, first_samples
 
 
 def format_eval(results: Dict[str, float]) -> str:
-  return (f"cer {results['cer']:.4f}  wer {results['wer']:.4f}  "
-          f"seq_accuracy {results['seq_accuracy']:.4f}  loss {results['loss']:.4f}  "
-          f"(greedy: cer {results['greedy_cer']:.4f}, seq_accuracy "
-          f"{results['greedy_seq_accuracy']:.4f}; {int(results['num_seqs'])} sequences)")
+  """One line: the primary decoder's metrics and the loss, then each other
+  decoder's, in their order in `results` (evaluate puts the primary first)."""
+  names = [k[:-len("/cer")] for k in results if k.endswith("/cer")]
+  line = "  ".join(f"{k} {results[k]:.4f}" for k in (*DECODER_METRICS, "loss"))
+  others = "".join(
+      f"; {name}: " + ", ".join(f"{k} {results[f'{name}/{k}']:.4f}"
+                                for k in DECODER_METRICS)
+      for name in names[1:])
+  return f"{line}  ({names[0]}{others}; {int(results['num_seqs'])} sequences)"
 
 
 def _eval_and_report(trainer: Trainer, eval_samples, writer, step: int) -> Dict[str, float]:
   start = time.time()
   results, batch, samples = evaluate(trainer, eval_samples)
   logging.info("eval step %d: %s [%.1fs]", step, format_eval(results), time.time() - start)
-  summaries.write_scalars(writer, step, "eval/eval", {
-      k: results[k] for k in ("cer", "wer", "seq_accuracy", "loss", "greedy_cer")})
-  summaries.write_samples(writer, step, "eval/eval", batch, samples,
+  names = trainer.cfg.loop.decoder
+  summaries.write_scalars(writer, step, "eval", {
+      k: results[k] for k in (*DECODER_METRICS, "loss",
+                              *(f"{n}/{m}" for n in names for m in DECODER_METRICS))})
+  summaries.write_samples(writer, step, "eval", batch, samples, names,
                           trainer.cfg.loop.num_text_samples,
                           trainer.cfg.loop.num_image_samples)
   writer.flush()

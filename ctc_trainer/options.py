@@ -116,7 +116,7 @@ def _define(name: str, kind, default, meta: dict, fl: flags.FlagValues) -> None:
     flags.DEFINE_list(name, [str(v) for v in default], text, flag_values=fl)
     element = typing.get_args(kind)[0]
     flags.register_validator(
-        name, lambda v: bool(v) and all(_parses(s, element) for s in v),
+        name, lambda v: all(_parses(s, element) for s in v),
         message=f"--{name} must be a comma-separated list of {element.__name__}s",
         flag_values=fl)
   else:

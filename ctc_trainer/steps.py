@@ -8,13 +8,14 @@ loop needs comes back as tensors, reduced across replicas with SUM.
 """
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Dict, Sequence
 
 import keras
 import tensorflow as tf
 
-from ctc_trainer import ctc, decoding, metrics
+from ctc_trainer import ctc, decoders, metrics
 from ctc_trainer.charset import Charset
+from ctc_trainer.decoders import DecoderConfig
 
 
 @dataclasses.dataclass
@@ -23,7 +24,15 @@ class Steps:
   #           nonfinite_keys}; a step with a non-finite loss or gradient leaves the
   #           weights and optimizer untouched and reports skipped = 1.
   train_step: Callable
-  eval_step: Callable   # batch -> {metric sums..., loss_sum}, samples (greedy, beam)
+  # batch -> ({"<decoder>/<sum>" per decoder and metrics.SUM_KEYS, loss_sum,
+  #           loss_examples}, {decoder: its top-1 strings [B]}), for every decoder
+  #           named to make_steps.
+  eval_step: Callable
+
+
+def decoder_sums(sums: Dict[str, float], name: str) -> Dict[str, float]:
+  """The metrics.SUM_KEYS sums of decoder `name` out of eval_step's sums."""
+  return {k: sums[f"{name}/{k}"] for k in metrics.SUM_KEYS}
 
 
 def _forward(model, batch, training):
@@ -35,18 +44,18 @@ def _forward(model, batch, training):
 def make_steps(model, optimizer, charset: Charset, strategy: tf.distribute.Strategy,
                element_spec, global_batch_size: int, clip_norm: float,
                beam_width: int, jit_compile: bool = False,
-               beam_prune: bool = False) -> Steps:
+               decoder_names: Sequence[str] = ("beam", "greedy")) -> Steps:
   """Builds the two step functions for one model, optimizer and dataset spec.
 
   element_spec: the batch signature, or for several replicas the distributed
   dataset's element_spec (PerReplicaSpec values). jit_compile: XLA-compile the
-  forward and backward pass (the optimizer update stays outside XLA). beam_prune:
-  eval decodes with decoding.pruned_beam_search_decode (same top-1, much faster on
-  trained models at wide beams; docs/benchmarks.md).
+  forward and backward pass (the optimizer update stays outside XLA).
+  decoder_names: registered decoders (ctc_trainer.decoders) that eval_step decodes
+  with, each at beam_width, each scored on its best path.
   """
   loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-  beam_decode = (decoding.pruned_beam_search_decode if beam_prune
-                 else ctc.beam_search_decode)
+  eval_decoders = [decoders.get(name) for name in decoder_names]
+  decoder_config = DecoderConfig(beam_width=beam_width)
   num_replicas = strategy.num_replicas_in_sync
 
   def loss_and_grads(inputs, input_length, labels, label_length):
@@ -101,16 +110,16 @@ def make_steps(model, optimizer, charset: Charset, strategy: tf.distribute.Strat
     logits, logit_length = _forward(model, batch, training=False)
     loss, feasible = ctc.ctc_loss(batch["labels"], batch["label_length"], logits,
                                   logit_length)
-    greedy = charset.decode(ctc.greedy_decode(logits, logit_length))
-    beam_ids, _ = beam_decode(logits, logit_length, beam_width)
-    beam = charset.decode(beam_ids[0])
-    sums = metrics.batch_sums(beam, batch["text"])
-    greedy_sums = metrics.batch_sums(greedy, batch["text"])
-    sums["greedy_char_edits"] = greedy_sums["char_edits"]
-    sums["greedy_seq_correct"] = greedy_sums["seq_correct"]
-    sums["loss_sum"] = tf.reduce_sum(loss)
-    sums["loss_examples"] = tf.reduce_sum(tf.cast(feasible, tf.float32))
-    return sums, {"greedy": greedy, "beam": beam}
+    sums = {"loss_sum": tf.reduce_sum(loss),
+            "loss_examples": tf.reduce_sum(tf.cast(feasible, tf.float32))}
+    samples = {}
+    for decoder in eval_decoders:
+      paths, _ = decoder(logits, logit_length, decoder_config)
+      texts = charset.decode(paths[0])
+      samples[decoder.name] = texts
+      for key, value in metrics.batch_sums(texts, batch["text"]).items():
+        sums[f"{decoder.name}/{key}"] = value
+    return sums, samples
 
   def reduce_sum(values):
     return tf.nest.map_structure(

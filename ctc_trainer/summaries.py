@@ -16,23 +16,26 @@ def _cell(text: str) -> str:
 
 
 def samples_table(keys: Sequence[str], truths: Sequence[str],
-                  greedy: Sequence[str], beam: Sequence[str]) -> str:
-  """A markdown table: key | truth | greedy | beam, one row per sample."""
-  rows = ["| key | truth | greedy | beam |", "|---|---|---|---|"]
-  for k, t, g, b in zip(keys, truths, greedy, beam):
-    rows.append(f"| {_cell(k)} | {_cell(t)} | {_cell(g)} | {_cell(b)} |")
+                  decoded: Mapping[str, Sequence[str]]) -> str:
+  """A markdown table: key | truth | one column per decoder (in `decoded`'s order),
+  one row per sample."""
+  header = ["key", "truth", *decoded]
+  rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for row in zip(keys, truths, *decoded.values()):
+    rows.append("| " + " | ".join(_cell(c) for c in row) + " |")
   return "\n".join(rows)
 
 
-def write_samples(writer, step: int, prefix: str, batch, samples, num_text: int,
-                  num_images: int) -> None:
-  """batch: the host-side eval batch dict; samples: {'greedy', 'beam'} string [B]."""
+def write_samples(writer, step: int, prefix: str, batch, samples,
+                  names: Sequence[str], num_text: int, num_images: int) -> None:
+  """batch: the host-side eval batch dict; samples: decoder name -> string [B];
+  names: the decoders to show, the primary first (it captions the images)."""
   strings = lambda t, n: [s.decode("utf-8", "replace") for s in t.numpy()[:n]]
   with writer.as_default(step=step):
     if num_text:
       tf.summary.text(f"{prefix}/samples", samples_table(
           strings(batch["key"], num_text), strings(batch["text"], num_text),
-          strings(samples["greedy"], num_text), strings(samples["beam"], num_text)))
+          {name: strings(samples[name], num_text) for name in names}))
     if num_images:
       inputs = batch["inputs"][:num_images]
       if inputs.shape.rank == 3:
@@ -40,9 +43,9 @@ def write_samples(writer, step: int, prefix: str, batch, samples, num_text: int,
       else:
         # Inputs are ink-bright on zero; flip back to dark ink on light paper.
         images = 1.0 - inputs
-      beam = strings(samples["beam"], num_images)
+      primary = strings(samples[names[0]], num_images)
       tf.summary.image(f"{prefix}/inputs", images, max_outputs=num_images,
-                       description="beam: " + " · ".join(beam))
+                       description=f"{names[0]}: " + " · ".join(primary))
 
 
 def spectrogram_images(features: tf.Tensor) -> tf.Tensor:

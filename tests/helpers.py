@@ -37,7 +37,7 @@ def make_batch(texts, width, seed=0):
 
 
 def build_steps(batch_size=4, beam_width=4, learning_rate=3e-3, jit_compile=False,
-                loss_scale=False, beam_prune=False):
+                loss_scale=False, decoder_names=("beam", "greedy")):
   model = models.build(TINY_MODEL, CHARSET.num_classes, (HEIGHT, None, 1))
   optimizer = make_optimizer(OptimConfig(learning_rate=learning_rate), 1000)
   if loss_scale:
@@ -47,5 +47,5 @@ def build_steps(batch_size=4, beam_width=4, learning_rate=3e-3, jit_compile=Fals
   fns = steps.make_steps(model, optimizer, CHARSET, tf.distribute.get_strategy(), spec,
                          global_batch_size=batch_size, clip_norm=5.0,
                          beam_width=beam_width, jit_compile=jit_compile,
-                         beam_prune=beam_prune)
+                         decoder_names=decoder_names)
   return model, fns

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 TINY = [
@@ -46,6 +47,12 @@ def test_train_writes_checkpoints_summaries_and_flags(trained):
     assert any("tfevents" in f for f in os.listdir(workdir / run_dir))
   flags_cfg = (workdir / "flags.cfg").read_text()
   assert "--train_steps=6" in flags_cfg and "--rnn_units=16" in flags_cfg
+  assert "--decoder=beam,greedy" in flags_cfg
+  tags = {value.tag for events in (workdir / "eval").glob("*tfevents*")
+          for event in tf.compat.v1.train.summary_iterator(str(events))
+          for value in event.summary.value}
+  assert {"eval/cer", "eval/wer", "eval/seq_accuracy", "eval/loss", "eval/beam/cer",
+          "eval/greedy/cer", "eval/greedy/seq_accuracy", "eval/samples"} <= tags, tags
   assert (workdir / "charset.txt").exists()
   assert "step 6/6" in first.stderr and "ETA" in first.stderr
 
@@ -63,9 +70,14 @@ def test_evaluate_cli_prints_metrics(trained):
   workdir, _ = trained
   text = run("ctc_trainer.evaluate", f"--workdir={workdir}").stdout
   assert "cer" in text and "wer" in text and "seq_accuracy" in text
+  assert "(beam; greedy: cer " in text
   metrics = json.loads(run("ctc_trainer.evaluate", f"--workdir={workdir}",
                            "--checkpoint=best", "--json").stdout)
   assert {"cer", "wer", "seq_accuracy"} <= set(metrics)
+  # Per decoder too; the primary (--decoder's first, beam) is the headline.
+  assert {f"{d}/{m}" for d in ("beam", "greedy") for m in ("cer", "wer", "seq_accuracy")
+          } <= set(metrics)
+  assert metrics["cer"] == metrics["beam/cer"]
   assert 0 <= metrics["seq_accuracy"] <= 1 and metrics["num_seqs"] == 16
 
 

@@ -105,6 +105,7 @@ def test_flags_cfg_of_a_run_from_before_the_rewrite_still_parses(tmp_path):
   assert cfg.model == CRNNConfig(conv_filters=(16, 32, 64), rnn_units=96, rnn_layers=1,
                                  dropout=0.1)
   assert cfg.loop.train_steps == 4000 and cfg.optim.warmup_steps == 200
+  assert cfg.loop.decoder == ("beam_pruned", "greedy")   # its --beam_prune
   assert cfg.data.data_format == "synthetic" and cfg.data.image_height == 32
   assert cfg.data.train_data == os.path.expanduser("~/.cache/ctc_trainer/demo_ocr/train")
 

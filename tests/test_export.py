@@ -143,6 +143,7 @@ def test_export_passed_the_gate_and_records_it(exported):
   assert tf.saved_model.contains_saved_model(str(exported.export_dir))
   info = json.loads((exported.export_dir / export.INFO_FILE).read_text())
   assert info["step"] == 6 and info["beam_width"] == 4 and info["top_k"] == 4
+  assert info["decoder"] == "beam"
   parity = info["parity"]
   assert abs(parity["checkpoint_cer"] - parity["saved_model_cer"]) <= 1e-6
   assert parity["num_different"] == 0 and parity["num_samples"] == 16
@@ -151,16 +152,18 @@ def test_export_passed_the_gate_and_records_it(exported):
 
 
 def test_export_transcribes_as_the_trained_model_did(exported, loaded):
-  """The SavedModel gives the beam strings that training's last eval wrote to
-  TensorBoard: the checkpoint it was built from holds the whole trained model."""
+  """The SavedModel gives the beam strings (the primary decoder's) that training's
+  last eval wrote to TensorBoard: the checkpoint it was built from holds the whole
+  trained model."""
   trained = {}
   for events in (exported.workdir / "eval").glob("*tfevents*"):
     for event in tf.compat.v1.train.summary_iterator(str(events)):
       for value in event.summary.value:
-        if event.step == 6 and value.tag == "eval/eval/samples":
+        if event.step == 6 and value.tag == "eval/samples":
           table = tf.make_ndarray(value.tensor).item().decode()
+          assert table.splitlines()[0] == "| key | truth | beam | greedy |"
           for row in table.splitlines()[2:]:
-            key, _, _, beam = [cell.strip() for cell in row.strip("|").split("|")]
+            key, _, beam, _ = [cell.strip() for cell in row.strip("|").split("|")]
             trained[key] = "" if beam == "∅" else beam
   served = dict(zip([p for p, _ in exported.eval_images()], loaded["texts"]))
   assert trained and {k: served[k] for k in trained} == trained

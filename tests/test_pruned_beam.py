@@ -1,11 +1,12 @@
-"""The pruned beam search decodes as the plain one does, on a smaller problem."""
+"""The beam_pruned decoder decodes as the plain beam does, on a smaller problem."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from ctc_trainer import ctc, decoding
+from ctc_trainer import ctc
 from ctc_trainer.charset import Charset
+from ctc_trainer.decoders import beam_pruned
 
 CHARSET = Charset(list("abdehlorw "))
 FRAMES = 40
@@ -34,8 +35,8 @@ def _peaked_logits(text, frames=FRAMES, num_classes=CHARSET.num_classes, seed=0,
 def _decode_both(logits, length, beam_width=16, top_paths=1, **kw):
   logits, length = tf.constant(logits), tf.constant(length, tf.int32)
   plain = ctc.beam_search_decode(logits, length, beam_width, top_paths)
-  pruned = decoding.pruned_beam_search_decode(logits, length, beam_width, top_paths,
-                                              **kw)
+  pruned = beam_pruned.pruned_beam_search_decode(logits, length, beam_width, top_paths,
+                                                 **kw)
   return plain, pruned
 
 
@@ -63,7 +64,7 @@ def test_top1_matches_unpruned_on_peaked_logits_with_repeats(greedy_if_sure, top
 
 def test_problem_shrinks_and_keeps_a_blank_only_between_possible_repeats():
   logits = tf.constant(_peaked_logits("aab")[None])
-  pruned = decoding.prune(logits, tf.constant([FRAMES]))
+  pruned = beam_pruned.prune(logits, tf.constant([FRAMES]))
   # a, blank, a, b: the leading and trailing blank runs are gone, the run between the
   # two a's is one frame, which keeps "aa" from collapsing to "a", and the run between
   # a and b (which share no likely class) is gone.
@@ -75,7 +76,7 @@ def test_problem_shrinks_and_keeps_a_blank_only_between_possible_repeats():
   assert len(class_ids) == 5 and sorted(class_ids) == class_ids
   # A class threshold of 0 makes every class a possible repeat: a blank stays in
   # every inner run.
-  pruned = decoding.prune(logits, tf.constant([FRAMES]), class_threshold=0.0)
+  pruned = beam_pruned.prune(logits, tf.constant([FRAMES]), class_threshold=0.0)
   assert pruned.length.numpy().tolist() == [5]
   assert pruned.class_ids.shape[1] == CHARSET.num_classes
 
@@ -89,7 +90,7 @@ def test_ids_map_back_to_original_classes(greedy_if_sure):
   (plain, _), (pruned, _) = _decode_both(logits, [FRAMES] * 3,
                                          greedy_if_sure=greedy_if_sure)
   assert pruned[0].to_list() == plain[0].to_list() == rows
-  reduced = decoding.prune(tf.constant(logits), tf.constant([FRAMES] * 3))
+  reduced = beam_pruned.prune(tf.constant(logits), tf.constant([FRAMES] * 3))
   assert reduced.log_probs.shape[2] < 10  # of 80
 
 
@@ -121,8 +122,8 @@ def test_traces_once_with_none_dims(greedy_if_sure):
   @tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.float32),
                                 tf.TensorSpec([None], tf.int32)])
   def decode(logits, length):
-    ids, scores = decoding.pruned_beam_search_decode(logits, length, beam_width=8,
-                                                     greedy_if_sure=greedy_if_sure)
+    ids, scores = beam_pruned.pruned_beam_search_decode(
+        logits, length, beam_width=8, greedy_if_sure=greedy_if_sure)
     return CHARSET.decode(ids[0]), scores
 
   for i, (texts, frames) in enumerate([(["ab", "hello"], 30), (["aa"], 12),
@@ -135,7 +136,7 @@ def test_traces_once_with_none_dims(greedy_if_sure):
 
 def test_rejects_bad_thresholds():
   with pytest.raises(ValueError, match="blank_threshold"):
-    decoding.prune(tf.zeros([1, 2, 3]), tf.constant([2]), blank_threshold=0.0)
+    beam_pruned.prune(tf.zeros([1, 2, 3]), tf.constant([2]), blank_threshold=0.0)
 
 
 @BOTH_MODES
@@ -164,5 +165,5 @@ def test_top1_matches_unpruned_on_noisy_logits(greedy_if_sure):
       logits, length, greedy_if_sure=greedy_if_sure)
   assert pruned[0].to_list() == plain[0].to_list()
   np.testing.assert_allclose(scores.numpy(), plain_scores.numpy(), atol=0.05)
-  reduced = decoding.prune(tf.constant(logits), tf.constant(length, tf.int32))
+  reduced = beam_pruned.prune(tf.constant(logits), tf.constant(length, tf.int32))
   assert reduced.length.numpy().sum() < 0.7 * length.sum()

@@ -3,9 +3,9 @@
   python tools/bench_decode.py [--workdir=runs/demo] [--beam_width=100] \
       [--num_sequences=500] [--quick]
 
-Two cases, each decoded side by side by greedy, plain beam (ctc.beam_search_decode,
-i.e. tf.nn.ctc_beam_search_decoder) and pruned beam (decoding.pruned_beam_search_decode)
-at the same beam width:
+Two cases, each decoded side by side by the decoders greedy, beam (plain beam:
+ctc.beam_search_decode, i.e. tf.nn.ctc_beam_search_decoder) and beam_pruned
+(decoders.beam_pruned.pruned_beam_search_decode) at the same beam width:
   synthetic  "trained-like" logits (trained_like_logits), 80 classes x 64 frames:
              the issue's case.
   model      with --workdir: the logits of the run's latest checkpoint on the first
@@ -26,9 +26,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from ctc_trainer import cli, config, ctc, decoding, loop, metrics  # noqa: E402
+from ctc_trainer import cli, config, ctc, loop, metrics  # noqa: E402
 from ctc_trainer.charset import Charset  # noqa: E402
 from ctc_trainer.data import pipeline, sources  # noqa: E402
+from ctc_trainer.decoders import beam_pruned  # noqa: E402
 
 flags.DEFINE_integer("num_sequences", 500, "Sequences per case (the eval set's first "
                      "N for the model case).", lower_bound=1)
@@ -147,11 +148,11 @@ def make_decoders(num_classes: int, beam_width: int):
       "greedy": lambda x, n: ctc.greedy_decode(x, n),
       f"plain beam {beam_width}": lambda x, n: ctc.beam_search_decode(
           x, n, beam_width)[0][0],
-      f"pruned beam {beam_width}": lambda x, n: decoding.pruned_beam_search_decode(
+      f"pruned beam {beam_width}": lambda x, n: beam_pruned.pruned_beam_search_decode(
           x, n, beam_width, blank_threshold=FLAGS.blank_threshold,
           class_threshold=FLAGS.class_threshold)[0][0],
       f"pruned beam {beam_width}, every row searched": (
-          lambda x, n: decoding.pruned_beam_search_decode(
+          lambda x, n: beam_pruned.pruned_beam_search_decode(
               x, n, beam_width, blank_threshold=FLAGS.blank_threshold,
               class_threshold=FLAGS.class_threshold, greedy_if_sure=False)[0][0]),
   }
@@ -202,14 +203,14 @@ def _shrinkage(batches):
   fraction, fraction of sure sequences) per sequence."""
   frames = kept = classes = sure = 0.0
   for logits, lengths, _ in batches:
-    p = decoding.prune(logits, lengths, FLAGS.blank_threshold, FLAGS.class_threshold)
+    p = beam_pruned.prune(logits, lengths, FLAGS.blank_threshold, FLAGS.class_threshold)
     frames += float(tf.reduce_sum(lengths))
     kept += float(tf.reduce_sum(p.length))
     classes += float(tf.reduce_sum(p.num_classes))
     best_path = tf.reduce_sum(tf.where(
         tf.sequence_mask(lengths, tf.shape(logits)[1]),
         tf.reduce_max(tf.nn.log_softmax(logits), axis=2), 0.0), axis=1)
-    sure += float(np.sum(best_path.numpy() > np.log(decoding.SURE_PATH_PROB)))
+    sure += float(np.sum(best_path.numpy() > np.log(beam_pruned.SURE_PATH_PROB)))
   num = sum(int(tf.shape(b[1])[0]) for b in batches)
   c = int(batches[0][0].shape[2])
   return (frames / num, kept / num, kept / frames, classes / num, classes / num / c,

@@ -3,7 +3,7 @@
   python tools/export_savedmodel.py --workdir=runs/demo --export_dir=runs/demo/export \
       [--checkpoint=best] [--top_k=5] [--parity_samples=N]
 
-The run's WORKDIR/flags.cfg supplies every setting (image size, charset, beam width).
+The run's WORKDIR/flags.cfg supplies every setting (image size, charset, decoder).
 Before export_dir is written, the SavedModel is loaded back and run on the eval set
 (or its first --parity_samples); if its CER differs from the checkpoint's on the same
 samples by more than 1e-6, or any transcription differs, the export is discarded and
@@ -20,9 +20,10 @@ from ctc_trainer.errors import ConfigError
 
 flags.DEFINE_string("export_dir", None, "Where to write the SavedModel (replaced if it "
                     "holds an older export).")
-flags.DEFINE_integer("top_k", None, "Beams returned per image as top_k_texts / "
-                     f"top_k_scores, at most --beam_width; default {export.DEFAULT_TOP_K} "
-                     "or --beam_width if smaller.", lower_bound=1)
+flags.DEFINE_integer("top_k", None, "Paths returned per image as top_k_texts / "
+                     "top_k_scores, at most what the primary --decoder gives "
+                     "(--beam_width, or 1 for greedy); default "
+                     f"{export.DEFAULT_TOP_K} or that, if smaller.", lower_bound=1)
 flags.DEFINE_integer("parity_samples", 0, "Check parity on the first N eval samples; "
                      "0 = the whole eval set.", lower_bound=0)
 flags.DEFINE_float("parity_test_perturb", 1.0, "Testing only: scales the exported "

@@ -1,4 +1,7 @@
-"""Fast wide-beam CTC decoding: prune frames and classes, then run the beam search.
+"""The "beam_pruned" decoder: prune frames and classes, then run the beam search.
+
+Same top-1 as the "beam" decoder on trained models, and much faster at wide beams
+(docs/benchmarks.md).
 
 tf.nn.ctc_beam_search_decoder costs about frames x beam x classes per sequence (it
 expands every beam by every class at every frame), whatever the probabilities are. A
@@ -41,6 +44,7 @@ import tensorflow as tf
 
 from ctc_trainer import ctc
 from ctc_trainer.charset import BLANK_ID
+from ctc_trainer.decoders import DecoderConfig, greedy, register
 
 # A row whose best path is more probable than this is decoded greedily (see
 # pruned_beam_search_decode): 0.5, the bound that makes that exact, plus a margin.
@@ -138,11 +142,9 @@ def pruned_beam_search_decode(logits: tf.Tensor, logit_length: tf.Tensor,
   if shortcut:
     log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32))
     valid = tf.sequence_mask(logit_length, tf.shape(log_probs)[1])
-    best_path = tf.reduce_sum(
-        tf.where(valid, tf.reduce_max(log_probs, axis=2), 0.0), axis=1)
+    greedy_ids, best_path = greedy.best_path(logits, logit_length)
     sure = best_path > math.log(SURE_PATH_PROB)
-    greedy = ctc.greedy_decode(logits, logit_length)
-    rows += (sure, greedy)
+    rows += (sure, greedy_ids)
 
   def decode_row(row):
     log_probs, length, num_classes, class_ids = row[:4]
@@ -165,9 +167,17 @@ def pruned_beam_search_decode(logits: tf.Tensor, logit_length: tf.Tensor,
                                              tf.TensorSpec([top_paths], tf.float32)))
   scores += pruned.log_prob_offset[:, None]
   if shortcut:
-    scores = tf.where(sure[:, None], _label_log_prob(log_probs, valid, greedy)[:, None],
-                      scores)
+    scores = tf.where(sure[:, None],
+                      _label_log_prob(log_probs, valid, greedy_ids)[:, None], scores)
   return list(paths), scores
+
+
+@register("beam_pruned")
+def decode(logits: tf.Tensor, logit_length: tf.Tensor,
+           config: DecoderConfig) -> Tuple[List[tf.RaggedTensor], tf.Tensor]:
+  """See ctc_trainer.decoders: pruned_beam_search_decode at its default thresholds."""
+  return pruned_beam_search_decode(logits, logit_length, config.beam_width,
+                                   config.top_paths)
 
 
 def _label_log_prob(log_probs: tf.Tensor, valid: tf.Tensor,
