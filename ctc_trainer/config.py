@@ -13,7 +13,7 @@ from absl import flags
 
 from ctc_trainer.errors import ConfigError
 
-DATA_FORMATS = ("tsv", "csv", "filenames", "sidecar", "synthetic", "tfrecord")
+DATA_FORMATS = ("tsv", "csv", "jsonl", "filenames", "sidecar", "synthetic", "tfrecord")
 TFRECORD_COMPRESSIONS = ("auto", "none", "gzip")
 POLICIES = ("error", "skip")
 MODALITIES = ("image", "audio")
@@ -144,6 +144,7 @@ flags.DEFINE_string("eval_data", _D.eval_data, "Evaluation data, same form as "
                     "--train_data.")
 flags.DEFINE_enum("data_format", _D.data_format, DATA_FORMATS,
                   "tsv: 'path<TAB>label' lines; csv: columns picked by --csv_*; "
+                  "jsonl: {\"path\": ..., \"text\": ...} lines (NeMo manifests); "
                   "filenames: a folder whose file names are the labels; sidecar: "
                   "images with NAME.gt.txt transcripts; synthetic: demo text lines "
                   "generated once into the --train_data/--eval_data folders; "
@@ -398,13 +399,13 @@ def validate(cfg: Config, need_train: bool, need_eval: bool = True) -> None:
         raise ConfigError(f"--{name}={path} matches no file")
     elif d.data_format != "synthetic" and not os.path.exists(path):
       raise ConfigError(f"--{name}={path} does not exist")
-  audio_models = models.speech.AUDIO_MODELS
-  if (d.modality == "audio") != (cfg.model.name in audio_models):
+  if models.modality_of(cfg.model.name) != d.modality:
+    readers = [n for n in models.names() if models.modality_of(n) == d.modality]
     raise ConfigError(f"--model={cfg.model.name} does not read --modality="
-                      f"{d.modality} inputs; the audio models are: "
-                      f"{', '.join(audio_models)}")
-  if d.modality == "audio" and d.audio.frame_step_ms > d.audio.frame_length_ms:
-    raise ConfigError("--frame_step_ms must be <= --frame_length_ms")
+                      f"{d.modality} inputs; the {d.modality} models are: "
+                      f"{', '.join(readers)}")
+  from ctc_trainer.data import modalities  # late: imports TensorFlow
+  modalities.get(d).check_config()
   if d.synthetic_max_length < d.synthetic_min_length:
     raise ConfigError("--synthetic_max_length must be >= --synthetic_min_length")
   if cfg.charset and not os.path.isfile(cfg.charset):

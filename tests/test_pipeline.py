@@ -11,7 +11,7 @@ from PIL import Image
 
 from ctc_trainer.charset import Charset
 from ctc_trainer.config import DataConfig
-from ctc_trainer.data import pipeline
+from ctc_trainer.data import failures, pipeline
 from ctc_trainer.data.sources import load_samples
 from ctc_trainer.errors import DataError
 
@@ -116,7 +116,7 @@ def test_undecodable_image_error_is_explained_naming_the_file(bad_set, split):
   with pytest.raises(tf.errors.InvalidArgumentError) as raised:
     for _ in pipeline.make_dataset(cfg, CHARSET, split, samples=samples).take(10):
       pass
-  error = str(pipeline.explain_pipeline_error(raised.value, samples, cfg))
+  error = str(failures.explain(raised.value, samples, cfg))
   assert re.search(r"cannot read or decode image \S*(empty|text|truncated)\.png", error)
 
 
@@ -138,12 +138,12 @@ def test_explain_pipeline_error_names_the_file_and_line(bad_set):
   samples = load_samples(cfg, "eval", CHARSET)
   with pytest.raises(tf.errors.InvalidArgumentError) as raised:
     list(pipeline.make_dataset(cfg, CHARSET, "eval", samples=samples))
-  error = pipeline.explain_pipeline_error(raised.value, samples, cfg)
+  error = failures.explain(raised.value, samples, cfg)
   assert isinstance(error, DataError)
   assert str(error).startswith(f"{bad_set}:4: cannot read or decode image ")
   assert "empty.png" in str(error)
   # An error without a path: the samples are decoded until the culprit is found.
-  error = pipeline.explain_pipeline_error(RuntimeError("boom"), samples, cfg)
+  error = failures.explain(RuntimeError("boom"), samples, cfg)
   assert str(error).startswith(f"{bad_set}:4: cannot read or decode image ")
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from ctc_trainer.charset import Charset
 from ctc_trainer.config import DataConfig
-from ctc_trainer.data import pipeline, sources, tfrecord
+from ctc_trainer.data import failures, pipeline, sources, tfrecord
 from ctc_trainer.errors import DataError
 
 CHARSET = Charset("abcdefgh ü")
@@ -175,7 +175,7 @@ def test_corrupt_record_error_names_its_key(corrupt_shard):
   samples = sources.load_samples(corrupt_shard, "eval")
   with pytest.raises(tf.errors.InvalidArgumentError) as raised:
     list(pipeline.make_dataset(corrupt_shard, CHARSET, "eval", samples=samples))
-  error = pipeline.explain_pipeline_error(raised.value, samples, corrupt_shard)
+  error = failures.explain(raised.value, samples, corrupt_shard)
   assert str(error).startswith("broken-key (")
   assert "cannot read or decode image" in str(error)
 
@@ -207,7 +207,7 @@ def test_truncated_shard_is_reported_by_name(truncated_shard, capfd):
   samples = sources.load_samples(cfg, "eval")
   with pytest.raises(tf.errors.InvalidArgumentError) as raised:
     list(pipeline.make_dataset(cfg, CHARSET, "eval", samples=samples))
-  error = pipeline.explain_pipeline_error(raised.value, samples, cfg)
+  error = failures.explain(raised.value, samples, cfg)
   assert str(error).startswith(str(truncated_shard / "train-1.tfrecord"))
   assert "truncated or corrupt" in str(error)
   # skip: the records before the damage are used, and the shard is named.
@@ -233,7 +233,7 @@ def test_damaged_gzip_shard_is_reported_by_name(tmp_path, damage):
   assert samples.compression == "GZIP"
   with pytest.raises(tf.errors.InvalidArgumentError) as raised:
     list(pipeline.make_dataset(cfg, CHARSET, "eval", samples=samples))
-  error = pipeline.explain_pipeline_error(raised.value, samples, cfg)
+  error = failures.explain(raised.value, samples, cfg)
   assert str(error).startswith(str(tmp_path / "x-1.tfrecord.gz"))
   assert "truncated or corrupt TFRecord shard" in str(error)
 
@@ -245,7 +245,7 @@ def test_unknown_label_characters_follow_the_policy(tmp_path, capfd):
   samples = sources.load_samples(cfg, "eval")
   with pytest.raises(tf.errors.InvalidArgumentError) as raised:
     list(pipeline.make_dataset(cfg, CHARSET, "eval", samples=samples))
-  error = pipeline.explain_pipeline_error(raised.value, samples, cfg)
+  error = failures.explain(raised.value, samples, cfg)
   assert str(error).startswith("stranger: label 'aXb' has characters not in the charset")
   cfg = dataclasses.replace(cfg, unknown_char_policy="skip")
   assert keys_of(pipeline.make_dataset(cfg, CHARSET, "eval")) == ["fine"]

@@ -8,8 +8,11 @@ from ctc_trainer.config import ModelConfig
 _BUILDERS: Dict[str, Callable] = {}
 
 
-def register(name: str):
+def register(name: str, modality: str = "image"):
+  """Registers a builder under `name`; `modality` names the inputs it reads
+  (data/modalities.py)."""
   def wrap(builder):
+    builder.modality = modality
     _BUILDERS[name] = builder
     return builder
   return wrap
@@ -17,6 +20,11 @@ def register(name: str):
 
 def names() -> List[str]:
   return sorted(_BUILDERS)
+
+
+def modality_of(name: str) -> str:
+  """The modality whose inputs model `name` reads."""
+  return _BUILDERS[name].modality
 
 
 def build(cfg: ModelConfig, num_classes: int, input_shape):

@@ -73,7 +73,7 @@ class DS2(keras.Model):
     return self.classifier(x)
 
 
-@register("ds2")
+@register("ds2", modality="audio")
 def build(cfg: ModelConfig, num_classes: int, input_shape):
   """input_shape: (None, F), the per-utterance features [T, F] of data/audio.py."""
   if len(input_shape) != 2 or input_shape[1] is None:
