@@ -133,6 +133,17 @@ def test_undecodable_images_are_skipped_and_logged(bad_set, capfd):
   assert b"bad" not in [t for b in train for t in b["text"].numpy()]
 
 
+def test_skip_warns_once_per_distinct_file_over_many_passes(bad_set, capfd):
+  # 6 listed, 3 bad: 3 good per pass, so 12 batches of 2 make 8 passes.
+  cfg = config(bad_set, bad_sample_policy="skip", batch_size=2, shuffle_buffer=6)
+  assert len(list(pipeline.make_dataset(cfg, CHARSET, "train").take(12))) == 12
+  log = capfd.readouterr().err
+  for name in ("empty.png", "text.png", "truncated.png"):
+    assert log.count(name) == 1, log
+  counts = [int(n) for n in re.findall(r"skipped so far: (\d+)", log)]
+  assert sorted(counts) == [1, 2, 3] and "distinct" in log
+
+
 def test_explain_pipeline_error_names_the_file_and_line(bad_set):
   cfg = config(bad_set, eval_batch_size=2)
   samples = load_samples(cfg, "eval", CHARSET)

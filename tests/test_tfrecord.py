@@ -9,10 +9,12 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from ctc_trainer import export, loop
 from ctc_trainer.charset import Charset
-from ctc_trainer.config import DataConfig
+from ctc_trainer.config import Config, DataConfig, LoopConfig
 from ctc_trainer.data import failures, pipeline, sources, tfrecord
 from ctc_trainer.errors import DataError
+from tests.helpers import TINY_MODEL
 
 CHARSET = Charset("abcdefgh ü")
 
@@ -250,3 +252,40 @@ def test_unknown_label_characters_follow_the_policy(tmp_path, capfd):
   cfg = dataclasses.replace(cfg, unknown_char_policy="skip")
   assert keys_of(pipeline.make_dataset(cfg, CHARSET, "eval")) == ["fine"]
   assert "stranger" in capfd.readouterr().err
+
+
+# --- export from shards ------------------------------------------------------------
+
+@pytest.fixture
+def shards_of_gone_files(tmp_path):
+  """A tfrecord Config whose keys are relative paths of files that no longer exist,
+  as the speech tool writes them; a checkpoint of the untrained model (parity holds
+  for any weights)."""
+  records = [(image_bytes(10 + 2 * i), text, f"gone/{i}.png")
+             for i, text in enumerate(["ab", "cd", "ef", "gh", "ba"])]
+  write_records(tmp_path / "train-0.tfrecord", records)
+  write_records(tmp_path / "eval-0.tfrecord", records)
+  cfg = Config(
+      workdir=str(tmp_path / "run"),
+      data=DataConfig(data_format="tfrecord", train_data=str(tmp_path / "train-*"),
+                      eval_data=str(tmp_path / "eval-*"), image_height=16,
+                      batch_size=2, eval_batch_size=2),
+      model=TINY_MODEL, loop=LoopConfig(beam_width=4))
+  loop.setup(cfg).checkpoints.save(1)
+  return cfg
+
+
+def test_parity_gate_serves_the_bytes_read_not_reopened_keys(shards_of_gone_files):
+  trainer, _ = loop.restore_trained(shards_of_gone_files)
+  module = export.ServingModule.from_trainer(trainer)
+  samples = sources.load_samples(shards_of_gone_files.data, "eval", trainer.charset)
+  parity = export.check_parity(trainer, export.serving_fn(module), samples)
+  assert parity.ok and parity.num_samples == 5, parity.describe()
+
+
+def test_export_with_parity_samples_takes_the_first_examples(shards_of_gone_files,
+                                                             tmp_path):
+  parity = export.export_checkpoint(shards_of_gone_files, str(tmp_path / "export"),
+                                    parity_samples=3)
+  assert parity.ok and parity.num_samples == 3, parity.describe()
+  assert tf.saved_model.contains_saved_model(str(tmp_path / "export"))
