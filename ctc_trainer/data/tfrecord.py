@@ -57,7 +57,7 @@ GZIP_SUFFIX = ".gz"
 RECORD_OVERHEAD = 16
 BAD_IMAGE_REASON = ("cannot read or decode image (empty, truncated or not PNG, JPEG, "
                     "GIF or BMP)")
-_CHUNK = 256   # samples validated and checked per host round trip
+_VALIDATE_CHUNK = 256   # samples validated and checked per host round trip
 _READ_CHUNK = 64   # records per chunk read, size-checked and parsed at once
 _SHARD_CYCLE = 16   # shards read concurrently
 _SCAN_CYCLE = 64   # shards a length scan takes records from in turn
@@ -413,8 +413,8 @@ def _validated(candidates, cfg: DataConfig, workers: int):
   ds = ds.map(check, num_parallel_calls=workers, deterministic=True).ignore_errors()
   options = tf.data.Options()
   options.threading.private_threadpool_size = workers
-  # Chunks: one host round trip and one model call (frames) per _CHUNK samples.
-  ds = ds.with_options(options).batch(_CHUNK).prefetch(2)
+  # Chunks: one host round trip and one model call (frames) per _VALIDATE_CHUNK samples.
+  ds = ds.with_options(options).batch(_VALIDATE_CHUNK).prefetch(2)
   yield from ds.as_numpy_iterator()
 
 
