@@ -1,6 +1,6 @@
 """The audio Modality: WAV bytes -> normalized log-mel features, the one implementation
 shared by training, evaluation and export; SpecAugment, for training only; and the
-rest of what depends on inputs being audio (see modalities.py).
+rest of what depends on inputs being audio (see modality.py).
 
 decode_and_featurize(wav bytes) -> (features float32 [T, F], T):
   1. tf.audio.decode_wav (16-bit PCM) to [-1, 1); the channels are averaged (mono).
@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from ctc_trainer.config import AudioConfig
-from ctc_trainer.data import modalities
+from ctc_trainer.data.modality import Modality
 from ctc_trainer.errors import ConfigError
 
 LOWER_EDGE_HZ = 20.0
@@ -314,8 +314,7 @@ def spectrogram_images(features: tf.Tensor) -> tf.Tensor:
 
 # --- the Modality ---------------------------------------------------------------------
 
-@modalities.register
-class AudioModality(modalities.Modality):
+class AudioModality(Modality):
   """Log-mel features [T, F] of 16-bit PCM WAVs."""
   name = "audio"
   # decode_wav's errors quote the file's bytes, which TensorFlow cannot turn into a

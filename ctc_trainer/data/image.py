@@ -1,5 +1,5 @@
 """The image Modality: preprocessing shared by training, eval and export, and the
-rest of what depends on inputs being images (see modalities.py).
+rest of what depends on inputs being images (see modality.py).
 
 An encoded PNG/JPEG/BMP/GIF becomes a float32 image of fixed height, its width scaled
 to keep the aspect ratio, with values in [0, 1] inverted so that ink is bright and the
@@ -13,7 +13,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
-from ctc_trainer.data import modalities
+from ctc_trainer.data.modality import Modality
 
 # ITU-R 601 luma weights, normalised so that white stays exactly white. NumPy, not
 # tf.constant: importing this module must not start the TF runtime (multi-worker
@@ -97,8 +97,7 @@ def decode_and_resize(encoded: tf.Tensor, height: int, channels: int,
   return image, width
 
 
-@modalities.register
-class ImageModality(modalities.Modality):
+class ImageModality(Modality):
   """Text-line images [H, W, C], W along time; no augmentation yet (the hook is
   `augment`)."""
   name = "image"

@@ -4,12 +4,11 @@ import os
 import re
 from typing import Iterator
 
-from ctc_trainer.data.sources import Sample, checked, image_names, register
+from ctc_trainer.data.sources.base import Sample, checked, image_names
 
 _DUPLICATE_SUFFIX = re.compile(r"_\d+$")
 
 
-@register("filenames")
 def load(cfg, split, location, charset):
   return checked(list_filenames(location), cfg, charset, location)
 

@@ -13,13 +13,12 @@ import numbers
 import os
 from typing import Iterator
 
-from ctc_trainer.data.sources import Sample, checked, read_lines, register, resolve
+from ctc_trainer.data.sources.base import Sample, checked, read_lines, resolve
 from ctc_trainer.errors import DataError
 
 PATH_KEYS = ("path", "audio_filepath")
 
 
-@register("jsonl")
 def load(cfg, split, location, charset):
   return checked(read_jsonl(location), cfg, charset, location)
 

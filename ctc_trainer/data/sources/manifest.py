@@ -4,17 +4,15 @@ import csv
 import os
 from typing import Iterator, List, Optional
 
-from ctc_trainer.data.sources import (Sample, checked, open_text, read_lines, register,
-                                      resolve, utf8_errors)
+from ctc_trainer.data.sources.base import (Sample, checked, open_text, read_lines,
+                                           resolve, utf8_errors)
 from ctc_trainer.errors import DataError
 
 
-@register("tsv")
 def load_tsv(cfg, split, location, charset):
   return checked(read_tsv(location), cfg, charset, location)
 
 
-@register("csv")
 def load_csv(cfg, split, location, charset):
   return checked(read_csv(location, cfg.csv_path_column, cfg.csv_label_column,
                           cfg.csv_header), cfg, charset, location)

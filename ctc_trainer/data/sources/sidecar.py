@@ -4,14 +4,13 @@ import collections
 import os
 from typing import Dict, List, Tuple
 
-from ctc_trainer.data.sources import (IMAGE_EXTENSIONS, Sample, checked, image_names,
-                                      open_text, register, utf8_errors)
+from ctc_trainer.data.sources.base import (IMAGE_EXTENSIONS, Sample, checked,
+                                           image_names, open_text, utf8_errors)
 
 # Image variants, in order of preference when several share a name.
 SIDECAR_VARIANTS = (".bin", ".nrm", "")
 
 
-@register("sidecar")
 def load(cfg, split, location, charset):
   samples, no_transcript = list_sidecar(location)
   return checked(samples, cfg, charset, location,

@@ -1,6 +1,6 @@
 """The synthetic source: demo text lines generated once (data/synthetic.py), read as tsv."""
 
-from ctc_trainer.data.sources import checked, register
+from ctc_trainer.data.sources.base import checked
 from ctc_trainer.data.sources.manifest import read_tsv
 
 # Fixed seeds, apart from --seed: the sets are data, and train and eval differ so the
@@ -9,7 +9,6 @@ from ctc_trainer.data.sources.manifest import read_tsv
 SYNTHETIC_SEEDS = {"train": 1, "eval": 2}
 
 
-@register("synthetic")
 def load(cfg, split, location, charset):
   from ctc_trainer.data import synthetic  # late: synthetic imports Pillow
   size = cfg.synthetic_train_size if split == "train" else cfg.synthetic_eval_size

@@ -5,10 +5,9 @@ from typing import Iterator, List
 import tensorflow as tf
 
 from ctc_trainer.data import failures, tfrecord
-from ctc_trainer.data.sources import Source, register
+from ctc_trainer.data.sources.base import Source
 
 
-@register("tfrecord")
 def load(cfg, split, location, charset):
   shards = tfrecord.list_shards(location)
   return TFRecordSource(shards, tfrecord.compression_of(shards, cfg.tfrecord_compression))
