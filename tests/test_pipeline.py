@@ -144,6 +144,21 @@ def test_skip_warns_once_per_distinct_file_over_many_passes(bad_set, capfd):
   assert sorted(counts) == [1, 2, 3] and "distinct" in log
 
 
+def test_skipped_files_stay_known_after_the_iterator_is_restored(bad_set, capfd,
+                                                                tmp_path):
+  cfg = config(bad_set, bad_sample_policy="skip", batch_size=2, shuffle_buffer=6)
+  iterator = iter(pipeline.make_dataset(cfg, CHARSET, "train"))
+  for _ in range(4):   # more than a pass: every bad file met and named
+    next(iterator)
+  assert capfd.readouterr().err.count("skipped so far") == 3
+  path = tf.train.Checkpoint(iterator=iterator).save(str(tmp_path / "ckpt" / "it"))
+  restored = iter(pipeline.make_dataset(cfg, CHARSET, "train"))
+  tf.train.Checkpoint(iterator=restored).restore(path)
+  for _ in range(6):
+    next(restored)
+  assert "skipped so far" not in capfd.readouterr().err
+
+
 def test_explain_pipeline_error_names_the_file_and_line(bad_set):
   cfg = config(bad_set, eval_batch_size=2)
   samples = load_samples(cfg, "eval", CHARSET)
