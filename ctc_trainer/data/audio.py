@@ -302,7 +302,6 @@ def describe_wav(path: str) -> str:
           f"{'s' if info.channels != 1 else ''}, {kind}, {seconds:.2f} s")
 
 
-
 def spectrogram_images(features: tf.Tensor) -> tf.Tensor:
   """Audio features [B, T, F] -> images [B, F, T, 1] in [0, 1]: time to the right,
   low frequencies at the bottom, each utterance scaled to its own range."""
