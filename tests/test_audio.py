@@ -11,7 +11,7 @@ import tensorflow as tf
 from ctc_trainer.charset import Charset
 from ctc_trainer.config import AudioConfig, Config, DataConfig, LoopConfig
 from ctc_trainer.data import (audio, buckets, failures, modalities, pipeline,
-                              throughput)
+                              tfrecord, throughput)
 from ctc_trainer.data.sources import load_samples
 
 RATE = 8000
@@ -336,3 +336,27 @@ def test_bad_audio_is_skipped_and_counted_by_policy(bad_audio_set, capfd):
   err = capfd.readouterr().err
   assert "skipping unreadable or undecodable audio" in err
   assert 'fast.wav" - skipped so far: 3' in err
+
+
+def test_write_split_validates_wavs_and_the_shards_read_as_the_files(tmp_path):
+  manifest = make_audio_set(tmp_path / "files", 4)
+  (tmp_path / "files" / "photo.wav").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+  with open(manifest, "a", encoding="utf-8") as f:
+    f.write("photo.wav\t5\n")
+  cfg = audio_config(manifest)
+  result = tfrecord.write_split(load_samples(cfg, "eval"), cfg,
+                                str(tmp_path / "shards"), "eval", num_shards=2)
+  assert result.written == 4
+  assert [(os.path.basename(k), r.split(";")[0]) for k, r in result.rejected] == [
+      ("photo.wav", "cannot read or decode audio")]
+  frames = [x["frames"] for x in map(tfrecord.parse_example,
+                                     tf.data.TFRecordDataset(result.shards))]
+  assert sorted(int(f) for f in frames) == [int((0.2 + 0.1 * i) * RATE) for i in range(4)]
+  shards = dataclasses.replace(cfg, data_format="tfrecord",
+                               eval_data=str(tmp_path / "shards" / "eval-*"))
+  skip = dataclasses.replace(cfg, bad_sample_policy="skip")
+  from_files = by_key(pipeline.make_dataset(skip, CHARSET, "eval"))
+  from_shards = by_key(pipeline.make_dataset(shards, CHARSET, "eval"))
+  assert set(from_shards) == set(from_files) - {str(tmp_path / "files" / "photo.wav")}
+  for key, (x,) in from_shards.items():
+    np.testing.assert_array_equal(x, from_files[key][0])

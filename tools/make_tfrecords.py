@@ -9,8 +9,9 @@ csv and synthetic flags, --image_height, --max_image_width, --charset). Writes
 OUTPUT_DIR/train-00000-of-00016.tfrecord ... (and eval-*), the schema of
 ctc_trainer/data/tfrecord.py, plus:
   report-SPLIT.tsv   every sample left out, 'key<TAB>reason': missing, unreadable or
-                     undecodable image, label characters outside --charset, or a label
-                     longer than the model's output frames for its image
+                     undecodable file (image, or WAV with --modality=audio), label
+                     characters outside --charset, or a label longer than the
+                     model's output frames for its input
   charset.txt        --charset, or the characters of the training labels written
 Bad samples never stop the run. The frame check runs when a model is configured (any
 of --model, --conv_filters, --rnn_units, --rnn_layers given, e.g. by the training
@@ -28,7 +29,7 @@ from ctc_trainer.errors import ConfigError
 from ctc_trainer import cli, config, models, summaries
 from ctc_trainer.charset import Charset
 from ctc_trainer.config import DataConfig, ModelConfig
-from ctc_trainer.data import sources, tfrecord
+from ctc_trainer.data import pipeline, sources, tfrecord
 
 flags.DEFINE_string("output_dir", None, "Folder for the shards, reports and charset.")
 flags.DEFINE_integer("num_shards", 0, "Shards per split; 0: from --shard_size_mb.",
@@ -56,15 +57,16 @@ def data_config(fl: flags.FlagValues) -> DataConfig:
   return DataConfig(**values)
 
 
-def model_frames(fl: flags.FlagValues, num_classes: int):
-  """widths int [n] -> the configured model's output frames int [n]."""
+def model_frames(fl: flags.FlagValues, num_classes: int, data: DataConfig):
+  """lengths along time (image widths, audio frames) int [n] -> the configured
+  model's output frames int [n]."""
   import tensorflow as tf  # late: only the frame check needs a model
   cfg = ModelConfig(name=fl.model, conv_filters=tuple(int(f) for f in fl.conv_filters),
                     rnn_units=fl.rnn_units, rnn_layers=fl.rnn_layers, dropout=fl.dropout)
   if cfg.name not in models.names():
     raise ConfigError(f"--model={cfg.name!r} is unknown; known models: "
                              f"{', '.join(models.names())}")
-  model = models.build(cfg, num_classes, (fl.image_height, None, int(fl.image_channels)))
+  model = models.build(cfg, num_classes, pipeline.input_shape(data))
   return lambda widths: model.output_length(tf.constant(widths, tf.int32)).numpy()
 
 
@@ -108,7 +110,7 @@ def main(argv):
   frames_fn = None
   if any(FLAGS[name].present for name in _MODEL_FLAGS):
     # Any class count will do: output frames do not depend on it.
-    frames_fn = model_frames(FLAGS, charset.num_classes if charset else 2)
+    frames_fn = model_frames(FLAGS, charset.num_classes if charset else 2, cfg)
     logging.info("Checking that labels fit the frames of model %s", FLAGS.model)
   else:
     logging.info("No model flags given: label lengths are not checked against frames")

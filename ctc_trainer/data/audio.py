@@ -372,6 +372,12 @@ class AudioModality(Modality):
     samples = tf.minimum(samples, max_samples(self.cfg.audio))
     return tf.maximum(num_frames(samples, self.cfg.audio), 1)
 
+  def validate(self, encoded):
+    # decode_wav is what can fail (format, rate, length); the features cannot.
+    samples = tf.size(decode_wav(encoded, self.cfg.audio), tf.int64)
+    return (tf.cast(num_frames(samples, self.cfg.audio), tf.int32),
+            {"frames": samples})   # at cfg.sample_rate, as record_length reads it
+
   def failure_text(self, path: Optional[str]) -> str:
     if path is None:
       return f"cannot read or decode audio; {self.expected}"

@@ -182,5 +182,14 @@ class ImageModality(Modality):
     return tf.cast(resized_width(tf.maximum(size[0], 1), size[1], self.cfg.image_height,
                                  self.cfg.max_image_width), tf.int64)
 
+  def validate(self, encoded):
+    # The decode op that decode_image runs, without its colour conversion: that
+    # cannot fail once the decode succeeded, and costs more than the decode.
+    shape = tf.shape(tf.io.decode_image(encoded, expand_animations=False))
+    length = resized_width(shape[0], shape[1], self.cfg.image_height,
+                           self.cfg.max_image_width)
+    return length, {"height": tf.cast(shape[0], tf.int64),
+                    "width": tf.cast(shape[1], tf.int64)}
+
   def failure_text(self, path: Optional[str]) -> str:
     return f"cannot read or decode image{f' {path}' if path else ''} {self.expected}"

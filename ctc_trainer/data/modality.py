@@ -11,6 +11,7 @@ A Modality (image.ImageModality, audio.AudioModality) owns, for one DataConfig:
   preview         a batch's inputs -> images for TensorBoard
   file_length, record_length   an example's length along time, from a listed file's
                   header (host) or a TFRecord's features (graph), for length buckets
+  validate        encoded bytes -> length and the size features a TFRecord stores
   failure_text    what a file that does not decode is, for error messages
   check_config    the combinations of flags it cannot work with (a ConfigError)
 modalities.py maps --modality names to them.
@@ -79,6 +80,13 @@ class Modality:
 
   def record_length(self, features: Dict[str, tf.Tensor]) -> tf.Tensor:
     """int64 scalar: a parsed TFRecord example's (tfrecord.FEATURES) length along time."""
+    raise NotImplementedError
+
+  def validate(self, encoded: tf.Tensor) -> Tuple[tf.Tensor, Dict[str, tf.Tensor]]:
+    """Encoded bytes -> (length along time int32, the size features a TFRecord
+    stores for it: int64 scalars named as in tfrecord.FEATURES). Fails (an op
+    error) on bytes that would fail to decode in training; tools/make_tfrecords
+    validates with it."""
     raise NotImplementedError
 
   def failure_text(self, path: Optional[str]) -> str:

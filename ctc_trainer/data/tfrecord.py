@@ -35,8 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from ctc_trainer.config import DataConfig
-from ctc_trainer.data import failures
-from ctc_trainer.data import image as image_lib
+from ctc_trainer.data import failures, modalities
 from ctc_trainer.errors import DataError
 
 if TYPE_CHECKING:   # sources imports this module
@@ -55,8 +54,6 @@ GZIP_SUFFIX = ".gz"
 # Bytes a record takes in an uncompressed file besides its payload: length (8), CRC of
 # the length (4), CRC of the data (4). The reader checks shards' sizes with it.
 RECORD_OVERHEAD = 16
-BAD_IMAGE_REASON = ("cannot read or decode image (empty, truncated or not PNG, JPEG, "
-                    "GIF or BMP)")
 _VALIDATE_CHUNK = 256   # samples validated and checked per host round trip
 _READ_CHUNK = 64   # records per chunk read, size-checked and parsed at once
 _SHARD_CYCLE = 16   # shards read concurrently
@@ -345,11 +342,12 @@ def write_split(samples: "ListedSource", cfg: DataConfig, output_dir: str, split
                 workers: int = 0,
                 frames_fn: Optional[Callable[[np.ndarray], np.ndarray]] = None,
                 on_progress: Optional[Callable[[int, int], None]] = None) -> WriteResult:
-  """Validates the listed images and writes the good ones to TFRecord shards.
+  """Validates the listed files and writes the good ones to TFRecord shards.
 
-  Every image is read and decoded (the same decoder as training); `frames_fn`, when
-  given, maps resized widths int [n] to the model's output frames int [n], and a label
-  that needs more frames is rejected. Bad samples never stop the run: they are listed
+  Every file is read and decoded by cfg's Modality (Modality.validate: the decode of
+  training); `frames_fn`, when given, maps lengths along time int [n] (resized
+  widths, feature frames) to the model's output frames int [n], and a label that
+  needs more frames is rejected. Bad samples never stop the run: they are listed
   with the reason in OUTPUT_DIR/report-SPLIT.tsv (with those `samples.rejected` at
   listing time). num_shards=0 picks ceil(total file bytes / shard_bytes); see
   ShardWriter for how samples are spread over shards.
@@ -365,27 +363,32 @@ def write_split(samples: "ListedSource", cfg: DataConfig, output_dir: str, split
     num_shards = max(1, math.ceil(total_bytes / shard_bytes))
   num_shards = min(num_shards, max(1, len(candidates)))
   rejected = [(path, f"{reason}: {message}") for path, reason, message in samples.rejected]
+  modality = modalities.get(cfg)
+  unreadable = lambda failed: [
+      (s.path, modality.failure_text(None) + (f" ({s.origin})" if s.origin != s.path
+                                              else "")) for s in failed]
   expected = 0
   with ShardWriter(output_dir, split, num_shards, compression) as shards:
-    for index, encoded, height, width, resized in _validated(candidates, cfg, workers):
+    for index, encoded, length, sizes in _validated(candidates, modality, workers):
       # ignore_errors dropped the samples that fail to read or decode: the gaps in
       # the index sequence are those samples.
       for i in range(len(index)):
-        rejected.extend(_unreadable(candidates[expected:index[i]]))
+        rejected.extend(unreadable(candidates[expected:index[i]]))
         expected = index[i] + 1
-      frames = None if frames_fn is None else np.asarray(frames_fn(resized))
+      frames = None if frames_fn is None else np.asarray(frames_fn(length))
       for i, sample_index in enumerate(index):
         sample = candidates[sample_index]
         if frames is not None and needed_frames(sample.text) > frames[i]:
           rejected.append((sample.path, (
               f"label needs {needed_frames(sample.text)} frames, the model gives "
-              f"{int(frames[i])} for this image ({resized[i]} px wide after resizing)")))
+              f"{int(frames[i])} for this {modality.name} (length {length[i]} after "
+              f"preprocessing)")))
           continue
         shards.write(make_example(encoded[i], sample.text, sample.path,
-                                  height=height[i], width=width[i]))
+                                  **{k: v[i] for k, v in sizes.items()}))
       if on_progress:
         on_progress(expected, len(candidates))
-    rejected.extend(_unreadable(candidates[expected:]))
+    rejected.extend(unreadable(candidates[expected:]))
     if on_progress and expected < len(candidates):
       on_progress(len(candidates), len(candidates))
   report = os.path.join(output_dir, f"report-{split}.tsv")
@@ -395,17 +398,13 @@ def write_split(samples: "ListedSource", cfg: DataConfig, output_dir: str, split
   return WriteResult(shards.paths, shards.written, rejected, report, time.time() - start)
 
 
-def _validated(candidates, cfg: DataConfig, workers: int):
-  """Yields chunks (index, encoded bytes, height, width, resized width), arrays [n],
-  of the samples that read and decode, in listing order; the others are left out."""
+def _validated(candidates, modality, workers: int):
+  """Yields chunks (index, encoded bytes, length, {size feature: values}), arrays
+  [n], of the samples that read and decode, in listing order; the others are left
+  out."""
   def check(index, path):
     encoded = tf.io.read_file(path)
-    # The decode op that image_lib.decode_image runs, without its colour conversion:
-    # that cannot fail once the decode succeeded, and costs more than the decode.
-    shape = tf.shape(tf.io.decode_image(encoded, expand_animations=False))
-    resized = image_lib.resized_width(shape[0], shape[1], cfg.image_height,
-                                      cfg.max_image_width)
-    return index, encoded, shape[0], shape[1], resized
+    return (index, encoded, *modality.validate(encoded))
 
   workers = workers or os.cpu_count() or 1
   ds = tf.data.Dataset.from_tensor_slices(
@@ -431,11 +430,6 @@ def _replace_shards(output_dir: str, split: str, paths: List[str]) -> None:
       os.remove(os.path.join(output_dir, name))
   for p in paths:
     os.replace(p + ".tmp", p)
-
-
-def _unreadable(samples) -> List[Tuple[str, str]]:
-  return [(s.path, BAD_IMAGE_REASON + (f" ({s.origin})" if s.origin != s.path else ""))
-          for s in samples]
 
 
 def _one_line(text: str) -> str:
