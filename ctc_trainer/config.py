@@ -19,7 +19,7 @@ from ctc_trainer.errors import ConfigError
 from ctc_trainer.models.crnn import CRNNConfig
 from ctc_trainer.options import option
 
-DATA_FORMATS = ("tsv", "csv", "filenames", "sidecar", "synthetic", "tfrecord")
+DATA_FORMATS = ("tsv", "csv", "jsonl", "filenames", "sidecar", "synthetic", "tfrecord")
 TFRECORD_COMPRESSIONS = ("auto", "none", "gzip")
 POLICIES = ("error", "skip")
 MODALITIES = ("image", "audio")
@@ -67,6 +67,10 @@ class AudioConfig:
   freq_mask_bins: int = option(0, "audio: widest SpecAugment frequency mask, in mel "
                                "bins.", flag="spec_augment_freq_mask_bins", minimum=0)
 
+  def __post_init__(self):
+    if self.frame_step_ms > self.frame_length_ms:
+      raise ConfigError("--frame_step_ms must be <= --frame_length_ms")
+
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
@@ -75,8 +79,9 @@ class DataConfig:
                            "--data_format says.", path=True)
   eval_data: str = option("", "Evaluation data, same form as --train_data.", path=True)
   data_format: str = option(
-      "tsv", "tsv: 'path<TAB>label' lines; csv: columns picked by --csv_*; filenames: "
-      "a folder whose file names are the labels; sidecar: images with NAME.gt.txt "
+      "tsv", "tsv: 'path<TAB>label' lines; csv: columns picked by --csv_*; jsonl: "
+      "{\"path\": ..., \"text\": ...} lines (NeMo manifests); filenames: a folder "
+      "whose file names are the labels; sidecar: images with NAME.gt.txt "
       "transcripts; synthetic: demo text lines generated once into the "
       "--train_data/--eval_data folders; tfrecord: file patterns of TFRecord shards "
       "(tools/make_tfrecords.py).", choices=DATA_FORMATS)
@@ -290,8 +295,6 @@ def validate(cfg: Config, need_train: bool, need_eval: bool = True) -> None:
     raise ConfigError(f"--model={models.name_of(cfg.model)} reads {reads} inputs, not "
                       f"--modality={d.modality}; the {d.modality} models are: "
                       f"{', '.join(readers) or 'none'}")
-  if d.modality == "audio" and d.audio.frame_step_ms > d.audio.frame_length_ms:
-    raise ConfigError("--frame_step_ms must be <= --frame_length_ms")
   if d.synthetic_max_length < d.synthetic_min_length:
     raise ConfigError("--synthetic_max_length must be >= --synthetic_min_length")
   if cfg.charset and not os.path.isfile(cfg.charset):

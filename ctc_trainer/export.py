@@ -13,10 +13,16 @@ Signatures (K = top_k, fixed at export; B = batch):
            top_k_scores float32 [B, K] their log probabilities
 K is at most what the decoder gives: the beam width for beam decoders, 1 for greedy.
 
-serving_default preprocesses with ctc_trainer.data.image.decode_and_resize, the very
-function the training pipeline maps over its files, and pads the batch with zeros to
-its widest image as the pipeline's padded_batch does. The CRNN masks that padding, so
-an image's transcription does not depend on what it is batched with.
+serving_default preprocesses with the run's Modality (data/modalities.py): the very
+decode the training pipeline maps over its files (images resized to the training
+height, or WAVs turned into log-mel features), padded with zeros along time to the
+batch's longest input as the pipeline pads its batches ([B, H, W_max, C] images or
+[B, T_max, F] features). The models mask that padding, so an input's transcription
+does not depend on what it is batched with.
+
+The parity gate runs the eval pipeline with the encoded bytes it decoded, and serves
+those same bytes: it never reopens a file, so shards whose original files are gone
+(or whose keys are not paths) gate as well as listed files.
 """
 
 import dataclasses
@@ -36,9 +42,7 @@ from ctc_trainer import decoders, loop, metrics, steps
 from ctc_trainer.charset import Charset
 from ctc_trainer.config import Config, DataConfig
 from ctc_trainer.errors import ConfigError, DataError, ExportError
-from ctc_trainer.data import audio as audio_lib
-from ctc_trainer.data import image as image_lib
-from ctc_trainer.data import pipeline, sources
+from ctc_trainer.data import failures, modalities, pipeline, sources
 
 DEFAULT_TOP_K = 5   # or what the decoder gives, if fewer
 # The gate's bound on |checkpoint CER - SavedModel CER|: the two must agree exactly,
@@ -81,6 +85,7 @@ class ServingModule(tf.Module):
     self.top_k = top_k
     self._decoder_config = decoders.DecoderConfig(beam_width, top_paths=top_k)
     self._data = data_cfg
+    self._modality = modalities.get(data_cfg)
     self._input_scale = input_scale
     # A charset of the module's own whose tables, set as attributes, are tracked and
     # saved with it: the charset travels inside the SavedModel.
@@ -108,8 +113,8 @@ class ServingModule(tf.Module):
             "features": self.serve_features.get_concrete_function()}
 
   def _preprocess(self, image_bytes):
-    """string [B] -> (inputs float32 [B, H, W_max, C], input_length int32 [B])."""
-    d = self._data
+    """string [B] -> (inputs float32 [B, H, W_max, C] or [B, T_max, F], input_length
+    int32 [B])."""
     empty = tf.equal(tf.strings.length(image_bytes), 0)
     # Named here, because the decoder's own message says neither what nor which.
     check = tf.debugging.Assert(
@@ -117,25 +122,7 @@ class ServingModule(tf.Module):
         ["empty image bytes at batch index", tf.where(empty)[:, 0]], summarize=10)
     with tf.control_dependencies([check]):
       image_bytes = tf.identity(image_bytes)
-    if d.modality == "audio":
-      # WAV bytes -> log-mel [B, T_max, F], zero-padded as the pipeline's batches.
-      inputs, input_length = audio_lib.featurize_batch(image_bytes, d.audio)
-      return inputs * self._input_scale, input_length
-
-    def one_image(encoded):
-      image, _ = image_lib.decode_and_resize(encoded, height, channels, d.max_image_width)
-      # Columns first, flattened: map_fn stacks images of different widths only as
-      # ragged rows, and flat rows keep the shape exact even for an empty batch.
-      return tf.reshape(tf.transpose(image, [1, 0, 2]), [-1])
-
-    height, channels = d.image_height, d.image_channels
-    flat = tf.map_fn(one_image, image_bytes,
-                     fn_output_signature=tf.RaggedTensorSpec([None], tf.float32))
-    input_length = tf.cast(flat.row_lengths() // (height * channels), tf.int32)
-    columns = tf.RaggedTensor.from_row_lengths(
-        tf.reshape(flat.flat_values, [-1, height, channels]), input_length)
-    # Zero padding on the right, as padded_batch pads the training batches.
-    inputs = tf.transpose(columns.to_tensor(0.0), [0, 2, 1, 3])
+    inputs, input_length = self._modality.serve(image_bytes)
     return inputs * self._input_scale, input_length
 
   def _serve_bytes(self, image_bytes):
@@ -276,16 +263,7 @@ def transcribe_files(serve: ServeFn, paths: Sequence[str], batch_size: int,
         readable.append((path, blob))
       else:
         results[path] = Transcription(path, error="empty file")
-    try:
-      done = transcribe(serve, [blob for _, blob in readable]) if readable else []
-      for (path, _), t in zip(readable, done):
-        results[path] = dataclasses.replace(t, path=path)
-    except tf.errors.InvalidArgumentError:
-      for path, blob in readable:
-        try:
-          results[path] = dataclasses.replace(transcribe(serve, [blob])[0], path=path)
-        except tf.errors.InvalidArgumentError as e:
-          results[path] = Transcription(path, error=f"cannot decode: {error_message(e)}")
+    results.update((t.path, t) for t in _transcribe_batch(serve, readable))
     for path in batch_paths:
       yield results[path]
     now = time.time()
@@ -294,6 +272,33 @@ def transcribe_files(serve: ServeFn, paths: Sequence[str], batch_size: int,
       print(f"transcribed {count}/{len(paths)} files, {count / (now - start):.1f} "
             f"files/s", file=sys.stderr, flush=True)
       last_report = now
+
+
+def transcribe_encoded(serve: ServeFn, keys: Sequence[str], blobs: Sequence[bytes],
+                       batch_size: int) -> Iterator[Transcription]:
+  """Encoded inputs named by `keys` -> one Transcription each (path: its key), in
+  batches, in order; one that does not decode has `error` set."""
+  for first in range(0, len(blobs), batch_size):
+    yield from _transcribe_batch(serve, list(zip(keys[first:first + batch_size],
+                                                 blobs[first:first + batch_size])))
+
+
+def _transcribe_batch(serve: ServeFn, items: Sequence[tuple]) -> List[Transcription]:
+  """(path, encoded bytes) pairs -> their Transcriptions in one call to `serve`, or
+  one call each when the batch fails, so that the one that fails is found."""
+  if not items:
+    return []
+  try:
+    done = transcribe(serve, [blob for _, blob in items])
+    return [dataclasses.replace(t, path=path) for (path, _), t in zip(items, done)]
+  except tf.errors.InvalidArgumentError:
+    results = []
+    for path, blob in items:
+      try:
+        results.append(dataclasses.replace(transcribe(serve, [blob])[0], path=path))
+      except tf.errors.InvalidArgumentError as e:
+        results.append(Transcription(path, error=f"cannot decode: {error_message(e)}"))
+    return results
 
 
 def error_message(error: tf.errors.OpError) -> str:
@@ -335,28 +340,30 @@ class Parity:
     return text + (f", first: {self.first_different}" if self.first_different else "")
 
 
-def check_parity(trainer: loop.Trainer, serve: ServeFn,
-                 samples: sources.SampleList) -> Parity:
-  """Compares the checkpoint's eval step with `serve` (image bytes through the
-  exported preprocessing) on the same samples, batched alike, scored with the same
-  metric code: CER on both sides, and each transcription, both by the run's primary
-  decoder (the one the export serves).
+def check_parity(trainer: loop.Trainer, serve: ServeFn, samples: sources.Source,
+                 limit: int = 0) -> Parity:
+  """Compares the checkpoint's eval step with `serve` (the encoded bytes the eval
+  pipeline read, through the exported preprocessing) on the same examples (the first
+  `limit` when > 0), scored with the same metric code: CER on both sides, and each
+  transcription, both by the run's primary decoder (the one the export serves).
 
   Files the pipeline drops (policy 'skip') are left out of both; with policy 'error'
   an undecodable file raises a DataError naming it.
   """
   cfg = trainer.cfg
   primary = cfg.loop.decoder[0]
-  dataset = pipeline.make_dataset(cfg.data, trainer.charset, "eval", samples=samples)
-  sums, paths, labels, expected = {}, [], [], []
+  dataset = pipeline.make_dataset(cfg.data, trainer.charset, "eval", samples=samples,
+                                  limit=limit, keep_encoded=True)
+  sums, paths, labels, expected, encoded = {}, [], [], [], []
   iterator = iter(dataset)
   while True:
     try:
       batch = next(iterator)
     except StopIteration:
       break
-    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
-      raise pipeline.explain_pipeline_error(e, samples, cfg.data) from None
+    except failures.PIPELINE_ERRORS as e:
+      raise failures.explain(e, samples, cfg.data) from None
+    encoded += list(batch.pop("encoded").numpy())
     batch_sums, decoded = trainer.steps.eval_step(batch)
     sums = metrics.add_sums(sums, batch_sums)
     paths += [k.decode("utf-8") for k in batch["key"].numpy()]
@@ -364,8 +371,8 @@ def check_parity(trainer: loop.Trainer, serve: ServeFn,
     expected += [t.decode("utf-8") for t in decoded[primary].numpy()]
   if not paths:
     raise DataError(f"the eval set {cfg.data.eval_data} yielded no batch")
-  served = list(transcribe_files(serve, paths, cfg.data.eval_batch_size))
-  texts = [t.text for t in served]   # "" where serving could not decode the file
+  served = list(transcribe_encoded(serve, paths, encoded, cfg.data.eval_batch_size))
+  texts = [t.text for t in served]   # "" where serving could not decode the input
   # A file the pipeline decoded but serving cannot is a difference too.
   different = [i for i, t in enumerate(served)
                if t.error is not None or t.text != expected[i]]
@@ -399,8 +406,6 @@ def export_checkpoint(cfg: Config, export_dir: str, which: str = "latest",
                             "SavedModel; refusing to overwrite it")
   trainer, step = loop.restore_trained(cfg, which)
   samples = sources.load_samples(cfg.data, "eval", trainer.charset)
-  if parity_samples > 0:
-    samples = sources.SampleList(samples.samples[:parity_samples], samples.skipped)
 
   parent = os.path.dirname(export_dir)
   os.makedirs(parent, exist_ok=True)
@@ -409,7 +414,7 @@ def export_checkpoint(cfg: Config, export_dir: str, which: str = "latest",
     module = ServingModule.from_trainer(trainer, top_k, input_scale)
     export(module, staging)
     logging.info("Exported step %d to %s; checking parity", step, staging)
-    parity = check_parity(trainer, serving_fn(load(staging)), samples)
+    parity = check_parity(trainer, serving_fn(load(staging)), samples, parity_samples)
     if parity.ok:
       _write_info(staging, cfg, which, step, module, parity)
       _replace_dir(staging, export_dir)

@@ -23,7 +23,7 @@ from ctc_trainer.checkpoints import Checkpoints
 from ctc_trainer.config import Config, OptimConfig
 from ctc_trainer.errors import (CheckpointError, DataError, NonFiniteError,
                                 TrainingInterrupted)
-from ctc_trainer.data import pipeline, sources, throughput
+from ctc_trainer.data import failures, modalities, pipeline, sources, throughput
 from ctc_trainer.steps import Steps, decoder_sums, make_steps
 
 CHARSET_FILE = "charset.txt"
@@ -117,7 +117,7 @@ def setup(cfg: Config, for_training: bool = True) -> Trainer:
   return Trainer(cfg, charset, strategy, model, optimizer, checkpoints, steps)
 
 
-def make_iterator(trainer: Trainer, split: str, samples: sources.SampleList):
+def make_iterator(trainer: Trainer, split: str, samples: sources.Source):
   """An iterator over `split` batches. On the default strategy it is a plain tf.data
   iterator, which checkpoints its position; under a distribution strategy each
   worker reads its own shard through an InputContext (position not checkpointed)."""
@@ -132,9 +132,8 @@ def _next_batch(iterator, samples, cfg):
   """next(iterator), turning an input pipeline failure into a DataError naming the file."""
   try:
     return next(iterator)
-  except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError,
-          tf.errors.DataLossError) as e:
-    raise pipeline.explain_pipeline_error(e, samples, cfg) from None
+  except failures.PIPELINE_ERRORS as e:
+    raise failures.explain(e, samples, cfg) from None
 
 
 # --- evaluation ------------------------------------------------------------------
@@ -142,7 +141,7 @@ def _next_batch(iterator, samples, cfg):
 DECODER_METRICS = ("cer", "wer", "seq_accuracy")   # reported per decoder
 
 
-def evaluate(trainer: Trainer, eval_samples: sources.SampleList,
+def evaluate(trainer: Trainer, eval_samples: sources.Source,
              ) -> Tuple[Dict[str, float], Optional[dict], Optional[dict]]:
   """One pass over the eval set -> (metrics, first batch, its decoded samples).
 
@@ -200,7 +199,8 @@ def _eval_and_report(trainer: Trainer, eval_samples, writer, step: int) -> Dict[
                               *(f"{n}/{m}" for n in names for m in DECODER_METRICS))})
   summaries.write_samples(writer, step, "eval", batch, samples, names,
                           trainer.cfg.loop.num_text_samples,
-                          trainer.cfg.loop.num_image_samples)
+                          trainer.cfg.loop.num_image_samples,
+                          modalities.get(trainer.cfg.data).preview)
   writer.flush()
   return results
 
@@ -325,6 +325,7 @@ def train_and_evaluate(cfg: Config) -> Dict[str, float]:
   train_samples = sources.load_samples(cfg.data, "train", trainer.charset)
   eval_samples = sources.load_samples(cfg.data, "eval", trainer.charset)
   iterator = make_iterator(trainer, "train", train_samples)
+  time_axis = modalities.get(cfg.data).time_axis   # for padding efficiency
   if isinstance(iterator, tf.data.Iterator):
     trainer.checkpoints.track(iterator=iterator)
   else:
@@ -352,7 +353,7 @@ def train_and_evaluate(cfg: Config) -> Dict[str, float]:
       wait = time.time() - fetch_start
       try:
         interval.add(trainer.steps.train_step(batch), wait,
-                   throughput.padding_sums(batch, trainer.strategy))
+                   throughput.padding_sums(batch, time_axis, trainer.strategy))
       except distribute.PEER_ERRORS as e:
         raise distribute.peer_lost(e, step + 1) from None
       step += 1

@@ -1,6 +1,6 @@
-"""TensorBoard output: scalars, text tables of eval samples, input images."""
+"""TensorBoard output: scalars, text tables of eval samples, input previews."""
 
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import tensorflow as tf
 
@@ -27,9 +27,11 @@ def samples_table(keys: Sequence[str], truths: Sequence[str],
 
 
 def write_samples(writer, step: int, prefix: str, batch, samples,
-                  names: Sequence[str], num_text: int, num_images: int) -> None:
+                  names: Sequence[str], num_text: int, num_images: int,
+                  preview: Callable[[tf.Tensor], tf.Tensor]) -> None:
   """batch: the host-side eval batch dict; samples: decoder name -> string [B];
-  names: the decoders to show, the primary first (it captions the images)."""
+  names: the decoders to show, the primary first (it captions the images);
+  preview: the Modality's, inputs -> images [n, h, w, c] in [0, 1]."""
   strings = lambda t, n: [s.decode("utf-8", "replace") for s in t.numpy()[:n]]
   with writer.as_default(step=step):
     if num_text:
@@ -37,24 +39,10 @@ def write_samples(writer, step: int, prefix: str, batch, samples,
           strings(batch["key"], num_text), strings(batch["text"], num_text),
           {name: strings(samples[name], num_text) for name in names}))
     if num_images:
-      inputs = batch["inputs"][:num_images]
-      if inputs.shape.rank == 3:
-        images = spectrogram_images(inputs)
-      else:
-        # Inputs are ink-bright on zero; flip back to dark ink on light paper.
-        images = 1.0 - inputs
+      images = preview(batch["inputs"][:num_images])
       primary = strings(samples[names[0]], num_images)
       tf.summary.image(f"{prefix}/inputs", images, max_outputs=num_images,
                        description=f"{names[0]}: " + " · ".join(primary))
-
-
-def spectrogram_images(features: tf.Tensor) -> tf.Tensor:
-  """Audio features [B, T, F] -> images [B, F, T, 1] in [0, 1]: time to the right,
-  low frequencies at the bottom, each utterance scaled to its own range."""
-  images = tf.reverse(tf.transpose(features, [0, 2, 1]), axis=[1])[..., None]
-  low = tf.reduce_min(images, axis=[1, 2, 3], keepdims=True)
-  high = tf.reduce_max(images, axis=[1, 2, 3], keepdims=True)
-  return (images - low) / tf.maximum(high - low, 1e-6)
 
 
 def format_duration(seconds: float) -> str:

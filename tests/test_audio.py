@@ -9,8 +9,9 @@ import pytest
 import tensorflow as tf
 
 from ctc_trainer.charset import Charset
-from ctc_trainer.config import AudioConfig, DataConfig
-from ctc_trainer.data import audio, pipeline
+from ctc_trainer.config import AudioConfig, Config, DataConfig, LoopConfig
+from ctc_trainer.data import (audio, buckets, failures, modalities, pipeline,
+                              tfrecord, throughput)
 from ctc_trainer.data.sources import load_samples
 
 RATE = 8000
@@ -264,14 +265,28 @@ def test_audio_batches_follow_the_contract(tmp_path):
   assert [t.decode() for t in first["text"].numpy()] == ["01", "12", "23", "34"]
 
 
+def test_padding_efficiency_counts_frames_not_mel_bins(tmp_path):
+  # One training batch holds the whole set: valid frames over batch x longest.
+  cfg = dataclasses.replace(audio_config(make_audio_set(tmp_path, 4)), batch_size=4)
+  frames = [audio.num_frames(int((0.2 + 0.1 * i) * RATE), CFG) for i in range(4)]
+  run = Config(workdir=str(tmp_path / "run"), data=cfg,
+               loop=LoopConfig(train_steps=1, log_every=1))
+  stats = throughput.run_input_only(run, CHARSET)
+  assert stats.valid_columns == sum(frames)
+  assert stats.padded_columns == 4 * max(frames)
+  batch = next(iter(pipeline.make_dataset(cfg, CHARSET, "eval")))
+  sums = throughput.padding_sums(batch, modalities.get(cfg).time_axis)
+  assert float(sums["padded_columns"]) == 4 * max(frames)
+
+
 def test_buckets_are_in_frames(tmp_path):
   cfg = dataclasses.replace(audio_config(make_audio_set(tmp_path, 12)),
                             bucket_boundaries="auto", batch_size=1)
   samples = load_samples(cfg, "train")
-  widths = pipeline.bucket_widths(cfg, samples, batch_size=1)
+  widths = buckets.bucket_widths(cfg, samples, modalities.get(cfg), batch_size=1)
   assert widths[-1] == audio.max_frames(CFG) == 500
   np.testing.assert_array_equal(
-      sorted(samples.size_scan), [audio.num_frames(int((0.2 + 0.1 * i) * RATE), CFG)
+      sorted(samples.length_scan), [audio.num_frames(int((0.2 + 0.1 * i) * RATE), CFG)
                                   for i in range(12)])
   for batch in pipeline.make_dataset(cfg, CHARSET, "train").take(5):
     assert batch["inputs"].shape[1] in widths
@@ -307,7 +322,7 @@ def test_bad_audio_is_an_error_naming_the_file(bad_audio_set, name, line, found)
   samples = load_samples(cfg, "eval")
   with pytest.raises(tf.errors.InvalidArgumentError) as raised:
     list(pipeline.make_dataset(cfg, CHARSET, "eval", samples=samples))
-  error = str(pipeline.explain_pipeline_error(raised.value, samples, cfg))
+  error = str(failures.explain(raised.value, samples, cfg))
   path = os.path.join(folder, name)
   assert error.startswith(f"{manifest}:4: cannot use audio {path}, {found}")
   assert "expected a 16-bit PCM WAV of 8000 Hz" in error
@@ -321,3 +336,27 @@ def test_bad_audio_is_skipped_and_counted_by_policy(bad_audio_set, capfd):
   err = capfd.readouterr().err
   assert "skipping unreadable or undecodable audio" in err
   assert 'fast.wav" - skipped so far: 3' in err
+
+
+def test_write_split_validates_wavs_and_the_shards_read_as_the_files(tmp_path):
+  manifest = make_audio_set(tmp_path / "files", 4)
+  (tmp_path / "files" / "photo.wav").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+  with open(manifest, "a", encoding="utf-8") as f:
+    f.write("photo.wav\t5\n")
+  cfg = audio_config(manifest)
+  result = tfrecord.write_split(load_samples(cfg, "eval"), cfg,
+                                str(tmp_path / "shards"), "eval", num_shards=2)
+  assert result.written == 4
+  assert [(os.path.basename(k), r.split(";")[0]) for k, r in result.rejected] == [
+      ("photo.wav", "cannot read or decode audio")]
+  frames = [x["frames"] for x in map(tfrecord.parse_example,
+                                     tf.data.TFRecordDataset(result.shards))]
+  assert sorted(int(f) for f in frames) == [int((0.2 + 0.1 * i) * RATE) for i in range(4)]
+  shards = dataclasses.replace(cfg, data_format="tfrecord",
+                               eval_data=str(tmp_path / "shards" / "eval-*"))
+  skip = dataclasses.replace(cfg, bad_sample_policy="skip")
+  from_files = by_key(pipeline.make_dataset(skip, CHARSET, "eval"))
+  from_shards = by_key(pipeline.make_dataset(shards, CHARSET, "eval"))
+  assert set(from_shards) == set(from_files) - {str(tmp_path / "files" / "photo.wav")}
+  for key, (x,) in from_shards.items():
+    np.testing.assert_array_equal(x, from_files[key][0])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ctc_trainer.data import pipeline
+from ctc_trainer.data import failures, pipeline
 from ctc_trainer.data.sources import load_samples
 from ctc_trainer.errors import DataError
 from tests.test_pipeline import CHARSET, config, make_set, png_bytes
@@ -41,7 +41,7 @@ def test_undecodable_file_error_names_it_and_skip_goes_on(tmp_path, name, capfd)
     try:
       _eval_texts(config(manifest))
     except Exception as e:  # the pipeline's own error, explained as the loop does
-      raise pipeline.explain_pipeline_error(e, load_samples(config(manifest), "eval"),
+      raise failures.explain(e, load_samples(config(manifest), "eval"),
                                             config(manifest))
   assert _eval_texts(config(manifest, bad_sample_policy="skip")) == ["ab", "cd"]
   assert name in capfd.readouterr().err

@@ -9,7 +9,8 @@ import tensorflow as tf
 from PIL import Image
 
 from ctc_trainer.config import Config, DataConfig, LoopConfig
-from ctc_trainer.data import pipeline, sources, throughput
+from ctc_trainer.data import buckets as buckets_lib
+from ctc_trainer.data import modalities, pipeline, sources, throughput
 from tests.helpers import CHARSET, HEIGHT, build_steps
 
 # Image widths at HEIGHT px: resized widths equal them. A spread like text lines.
@@ -43,8 +44,9 @@ def config(manifest, **kwargs):
 def test_bucket_widths_from_the_flag(manifest):
   cfg = config(manifest, max_image_width=400)
   samples = sources.load_samples(cfg, "train")
-  widths = lambda setting, batch=4: pipeline.bucket_widths(
-      dataclasses.replace(cfg, bucket_boundaries=setting), samples, batch)
+  def widths(setting, batch=4):
+    changed = dataclasses.replace(cfg, bucket_boundaries=setting)
+    return buckets_lib.bucket_widths(changed, samples, modalities.get(changed), batch)
   assert widths("none") == ()
   assert widths("96,32,64,500") == (32, 64, 96, 400)   # sorted, capped, max added
   auto = widths("auto")
@@ -80,7 +82,7 @@ def test_batches_have_only_bucket_widths(manifest, split):
 def test_train_step_traces_once_and_shapes_once_per_bucket(manifest):
   cfg = config(manifest, bucket_boundaries="auto", batch_size=4, max_image_width=400)
   samples = sources.load_samples(cfg, "train", CHARSET)
-  buckets = pipeline.bucket_widths(cfg, samples, cfg.batch_size)
+  buckets = buckets_lib.bucket_widths(cfg, samples, modalities.get(cfg), cfg.batch_size)
   assert len(buckets) >= 5
   _, steps = build_steps(batch_size=4)
   shapes = tf.function(lambda inputs: tf.reduce_sum(inputs))   # no input signature
@@ -98,7 +100,8 @@ def test_buckets_raise_padding_efficiency(manifest):
   def efficiency(setting):
     cfg = config(manifest, bucket_boundaries=setting, batch_size=8, max_image_width=400)
     dataset = pipeline.make_dataset(cfg, CHARSET, "train")
-    return throughput.measure_input(dataset, num_batches=24).padding_efficiency
+    return throughput.measure_input(dataset, num_batches=24,
+                                    time_axis=2).padding_efficiency
   bucketed, plain = efficiency("40,80,120,170"), efficiency("none")
   assert 0 < plain < bucketed <= 1
   assert bucketed > 0.75 and plain < 0.7
@@ -107,10 +110,10 @@ def test_buckets_raise_padding_efficiency(manifest):
 def test_padding_sums_and_input_stats(manifest):
   cfg = config(manifest, bucket_boundaries="none", eval_batch_size=8)
   batch = next(iter(pipeline.make_dataset(cfg, CHARSET, "eval")))
-  sums = throughput.padding_sums(batch, tf.distribute.get_strategy())
+  sums = throughput.padding_sums(batch, 2, tf.distribute.get_strategy())
   assert float(sums["valid_columns"]) == sum(WIDTHS[:8])
   assert float(sums["padded_columns"]) == 8 * max(WIDTHS[:8])
-  stats = throughput.measure_input(pipeline.make_dataset(cfg, CHARSET, "eval"), 100)
+  stats = throughput.measure_input(pipeline.make_dataset(cfg, CHARSET, "eval"), 100, 2)
   assert stats.batches == len(WIDTHS) // 8 and stats.examples == len(WIDTHS) - 8
   assert "examples/s" in stats.describe() and "padding efficiency" in stats.describe()
 

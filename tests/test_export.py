@@ -17,7 +17,8 @@ import tensorflow as tf
 from ctc_trainer import export, loop, metrics
 from ctc_trainer.config import Config, DataConfig, LoopConfig
 from ctc_trainer.errors import ConfigError
-from ctc_trainer.data import pipeline, sources
+from ctc_trainer.data import pipeline
+from ctc_trainer.data.sources import manifest
 from tests.helpers import TINY_MODEL
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -40,7 +41,7 @@ class Run:
   def eval_images(self):
     """The eval set's (path, label) pairs, in manifest order."""
     return [(s.path, s.text) for s in
-            sources.read_tsv(str(self.root / "eval" / "manifest.tsv"))]
+            manifest.read_tsv(str(self.root / "eval" / "manifest.tsv"))]
 
 
 def run(*args, check=True):

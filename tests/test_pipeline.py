@@ -11,7 +11,7 @@ from PIL import Image
 
 from ctc_trainer.charset import Charset
 from ctc_trainer.config import DataConfig
-from ctc_trainer.data import pipeline
+from ctc_trainer.data import failures, pipeline
 from ctc_trainer.data.sources import load_samples
 from ctc_trainer.errors import DataError
 
@@ -116,7 +116,7 @@ def test_undecodable_image_error_is_explained_naming_the_file(bad_set, split):
   with pytest.raises(tf.errors.InvalidArgumentError) as raised:
     for _ in pipeline.make_dataset(cfg, CHARSET, split, samples=samples).take(10):
       pass
-  error = str(pipeline.explain_pipeline_error(raised.value, samples, cfg))
+  error = str(failures.explain(raised.value, samples, cfg))
   assert re.search(r"cannot read or decode image \S*(empty|text|truncated)\.png", error)
 
 
@@ -133,17 +133,43 @@ def test_undecodable_images_are_skipped_and_logged(bad_set, capfd):
   assert b"bad" not in [t for b in train for t in b["text"].numpy()]
 
 
+def test_skip_warns_once_per_distinct_file_over_many_passes(bad_set, capfd):
+  # 6 listed, 3 bad: 3 good per pass, so 12 batches of 2 make 8 passes.
+  cfg = config(bad_set, bad_sample_policy="skip", batch_size=2, shuffle_buffer=6)
+  assert len(list(pipeline.make_dataset(cfg, CHARSET, "train").take(12))) == 12
+  log = capfd.readouterr().err
+  for name in ("empty.png", "text.png", "truncated.png"):
+    assert log.count(name) == 1, log
+  counts = [int(n) for n in re.findall(r"skipped so far: (\d+)", log)]
+  assert sorted(counts) == [1, 2, 3] and "distinct" in log
+
+
+def test_skipped_files_stay_known_after_the_iterator_is_restored(bad_set, capfd,
+                                                                tmp_path):
+  cfg = config(bad_set, bad_sample_policy="skip", batch_size=2, shuffle_buffer=6)
+  iterator = iter(pipeline.make_dataset(cfg, CHARSET, "train"))
+  for _ in range(4):   # more than a pass: every bad file met and named
+    next(iterator)
+  assert capfd.readouterr().err.count("skipped so far") == 3
+  path = tf.train.Checkpoint(iterator=iterator).save(str(tmp_path / "ckpt" / "it"))
+  restored = iter(pipeline.make_dataset(cfg, CHARSET, "train"))
+  tf.train.Checkpoint(iterator=restored).restore(path)
+  for _ in range(6):
+    next(restored)
+  assert "skipped so far" not in capfd.readouterr().err
+
+
 def test_explain_pipeline_error_names_the_file_and_line(bad_set):
   cfg = config(bad_set, eval_batch_size=2)
   samples = load_samples(cfg, "eval", CHARSET)
   with pytest.raises(tf.errors.InvalidArgumentError) as raised:
     list(pipeline.make_dataset(cfg, CHARSET, "eval", samples=samples))
-  error = pipeline.explain_pipeline_error(raised.value, samples, cfg)
+  error = failures.explain(raised.value, samples, cfg)
   assert isinstance(error, DataError)
   assert str(error).startswith(f"{bad_set}:4: cannot read or decode image ")
   assert "empty.png" in str(error)
   # An error without a path: the samples are decoded until the culprit is found.
-  error = pipeline.explain_pipeline_error(RuntimeError("boom"), samples, cfg)
+  error = failures.explain(RuntimeError("boom"), samples, cfg)
   assert str(error).startswith(f"{bad_set}:4: cannot read or decode image ")
 
 

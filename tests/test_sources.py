@@ -7,7 +7,9 @@ import pytest
 from PIL import Image
 
 from ctc_trainer.charset import Charset
+from ctc_trainer import config
 from ctc_trainer.config import DataConfig
+from ctc_trainer.data import sources
 from ctc_trainer.data.sources import load_samples
 from ctc_trainer.errors import DataError
 
@@ -168,6 +170,27 @@ def test_missing_image_skip_is_counted_and_logged(tmp_path, caplog):
   assert "Skipped 2 samples" in caplog.text and "gone.png" in caplog.text
 
 
+@pytest.mark.parametrize("fmt, text", [
+    ("tsv", "a.png\tx\n"), ("csv", "a.png,x\n"),
+    ("jsonl", '{"path": "a.png", "text": "x"}\n')])
+def test_byte_order_mark_is_not_part_of_the_first_path(tmp_path, fmt, text):
+  # Spreadsheet tools save UTF-8 with a byte-order mark.
+  write_image(tmp_path / "a.png")
+  manifest = tmp_path / f"m.{fmt}"
+  manifest.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+  result = load_samples(DataConfig(train_data=str(manifest), data_format=fmt), "train")
+  assert [s.path for s in result.samples] == [str(tmp_path / "a.png")]
+
+
+def test_folder_listed_as_an_image_is_named_as_a_folder(tmp_path):
+  write_image(tmp_path / "a.png")
+  os.makedirs(tmp_path / "lines")
+  manifest = write_text(tmp_path / "m.tsv", "a.png\tx\nlines\ty\n")
+  with pytest.raises(DataError, match=f"{manifest}:2: .*lines is a folder, not an "
+                                      f"image file"):
+    load_samples(DataConfig(train_data=manifest), "train")
+
+
 def test_unknown_character_error_names_line_and_character(tmp_path):
   write_image(tmp_path / "a.png")
   manifest = write_text(tmp_path / "m.tsv", "a.png\tab\na.png\taé!\n")
@@ -197,3 +220,7 @@ def test_synthetic_format_generates_then_reads_manifest(tmp_path):
   result = load_samples(cfg, "train", Charset("ab"))
   assert len(result) == 5 and all(set(t) <= set("ab") for t in texts(result))
   assert os.path.isfile(result.samples[0].path)
+
+
+def test_every_data_format_choice_has_a_registered_source():
+  assert sorted(config.DATA_FORMATS) == sources.names()

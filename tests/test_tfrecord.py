@@ -9,10 +9,12 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from ctc_trainer import export, loop
 from ctc_trainer.charset import Charset
-from ctc_trainer.config import DataConfig
-from ctc_trainer.data import pipeline, sources, tfrecord
+from ctc_trainer.config import Config, DataConfig, LoopConfig
+from ctc_trainer.data import failures, pipeline, sources, tfrecord
 from ctc_trainer.errors import DataError
+from tests.helpers import TINY_MODEL
 
 CHARSET = Charset("abcdefgh ü")
 
@@ -175,7 +177,7 @@ def test_corrupt_record_error_names_its_key(corrupt_shard):
   samples = sources.load_samples(corrupt_shard, "eval")
   with pytest.raises(tf.errors.InvalidArgumentError) as raised:
     list(pipeline.make_dataset(corrupt_shard, CHARSET, "eval", samples=samples))
-  error = pipeline.explain_pipeline_error(raised.value, samples, corrupt_shard)
+  error = failures.explain(raised.value, samples, corrupt_shard)
   assert str(error).startswith("broken-key (")
   assert "cannot read or decode image" in str(error)
 
@@ -207,7 +209,7 @@ def test_truncated_shard_is_reported_by_name(truncated_shard, capfd):
   samples = sources.load_samples(cfg, "eval")
   with pytest.raises(tf.errors.InvalidArgumentError) as raised:
     list(pipeline.make_dataset(cfg, CHARSET, "eval", samples=samples))
-  error = pipeline.explain_pipeline_error(raised.value, samples, cfg)
+  error = failures.explain(raised.value, samples, cfg)
   assert str(error).startswith(str(truncated_shard / "train-1.tfrecord"))
   assert "truncated or corrupt" in str(error)
   # skip: the records before the damage are used, and the shard is named.
@@ -233,7 +235,7 @@ def test_damaged_gzip_shard_is_reported_by_name(tmp_path, damage):
   assert samples.compression == "GZIP"
   with pytest.raises(tf.errors.InvalidArgumentError) as raised:
     list(pipeline.make_dataset(cfg, CHARSET, "eval", samples=samples))
-  error = pipeline.explain_pipeline_error(raised.value, samples, cfg)
+  error = failures.explain(raised.value, samples, cfg)
   assert str(error).startswith(str(tmp_path / "x-1.tfrecord.gz"))
   assert "truncated or corrupt TFRecord shard" in str(error)
 
@@ -245,8 +247,45 @@ def test_unknown_label_characters_follow_the_policy(tmp_path, capfd):
   samples = sources.load_samples(cfg, "eval")
   with pytest.raises(tf.errors.InvalidArgumentError) as raised:
     list(pipeline.make_dataset(cfg, CHARSET, "eval", samples=samples))
-  error = pipeline.explain_pipeline_error(raised.value, samples, cfg)
+  error = failures.explain(raised.value, samples, cfg)
   assert str(error).startswith("stranger: label 'aXb' has characters not in the charset")
   cfg = dataclasses.replace(cfg, unknown_char_policy="skip")
   assert keys_of(pipeline.make_dataset(cfg, CHARSET, "eval")) == ["fine"]
   assert "stranger" in capfd.readouterr().err
+
+
+# --- export from shards ------------------------------------------------------------
+
+@pytest.fixture
+def shards_of_gone_files(tmp_path):
+  """A tfrecord Config whose keys are relative paths of files that no longer exist,
+  as the speech tool writes them; a checkpoint of the untrained model (parity holds
+  for any weights)."""
+  records = [(image_bytes(10 + 2 * i), text, f"gone/{i}.png")
+             for i, text in enumerate(["ab", "cd", "ef", "gh", "ba"])]
+  write_records(tmp_path / "train-0.tfrecord", records)
+  write_records(tmp_path / "eval-0.tfrecord", records)
+  cfg = Config(
+      workdir=str(tmp_path / "run"),
+      data=DataConfig(data_format="tfrecord", train_data=str(tmp_path / "train-*"),
+                      eval_data=str(tmp_path / "eval-*"), image_height=16,
+                      batch_size=2, eval_batch_size=2),
+      model=TINY_MODEL, loop=LoopConfig(beam_width=4))
+  loop.setup(cfg).checkpoints.save(1)
+  return cfg
+
+
+def test_parity_gate_serves_the_bytes_read_not_reopened_keys(shards_of_gone_files):
+  trainer, _ = loop.restore_trained(shards_of_gone_files)
+  module = export.ServingModule.from_trainer(trainer)
+  samples = sources.load_samples(shards_of_gone_files.data, "eval", trainer.charset)
+  parity = export.check_parity(trainer, export.serving_fn(module), samples)
+  assert parity.ok and parity.num_samples == 5, parity.describe()
+
+
+def test_export_with_parity_samples_takes_the_first_examples(shards_of_gone_files,
+                                                             tmp_path):
+  parity = export.export_checkpoint(shards_of_gone_files, str(tmp_path / "export"),
+                                    parity_samples=3)
+  assert parity.ok and parity.num_samples == 3, parity.describe()
+  assert tf.saved_model.contains_saved_model(str(tmp_path / "export"))

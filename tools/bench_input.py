@@ -52,7 +52,8 @@ from ctc_trainer.charset import Charset
 from ctc_trainer.config import DataConfig, LoopConfig, OptimConfig
 from ctc_trainer.models.crnn import CRNNConfig
 from ctc_trainer.data import image as image_lib
-from ctc_trainer.data import pipeline, sources, synthetic, tfrecord, throughput
+from ctc_trainer.data import (buckets, modalities, pipeline, sources, synthetic,
+                              tfrecord, throughput)
 from ctc_trainer.steps import make_steps
 
 flags.DEFINE_string("root", os.path.join(tempfile.gettempdir(), "ctc_bench_input"),
@@ -86,6 +87,8 @@ CAPTCHA_ALPHABET = string.ascii_lowercase + string.digits
 LINE_ALPHABET = string.ascii_letters + string.digits + " .,"
 LINE_HEIGHT, LINE_MAX_WIDTH = 64, 1200
 WARMUP_STEPS = 3
+# The benchmark's sets are images: padding is counted along their width.
+IMAGE_TIME_AXIS = modalities.get(DataConfig()).time_axis
 
 
 @dataclasses.dataclass
@@ -93,7 +96,7 @@ class ImageSet:
   name: str
   folder: str
   manifest: str
-  samples: sources.SampleList
+  samples: sources.ListedSource
   charset: Charset
   shards: List[str] = dataclasses.field(default_factory=list)
 
@@ -141,7 +144,7 @@ def copy_set(base: ImageSet, folder: str, times: int) -> str:
   return manifest
 
 
-def write_shards(samples: sources.SampleList, folder: str, split: str,
+def write_shards(samples: sources.ListedSource, folder: str, split: str,
                  num_shards: int) -> List[str]:
   cfg = DataConfig(image_height=FLAGS.image_height)
   return tfrecord.write_split(samples, cfg, folder, split, num_shards=num_shards).shards
@@ -229,7 +232,7 @@ def ctc_feed(image_set: ImageSet, source: str) -> Callable[[], tf.data.Dataset]:
     samples = sources.load_samples(cfg, "train")
   # Scan the widths for the buckets now: the scan reads files and would warm the
   # page cache that the cold measurement has just emptied.
-  pipeline.bucket_widths(cfg, samples, cfg.batch_size)
+  buckets.bucket_widths(cfg, samples, modalities.get(cfg), cfg.batch_size)
   return lambda: pipeline.make_dataset(cfg, image_set.charset, "train", samples=samples)
 
 
@@ -240,8 +243,9 @@ def input_rates(make: Callable[[int], tf.data.Dataset], batches: int, files: Lis
   """One pass cold (files evicted first), then warm_passes passes warm.
   make(passes) -> a dataset of at least that many passes."""
   evict(files)
-  cold = throughput.measure_input(make(1), batches)
-  warm = throughput.measure_input(make(warm_passes), warm_passes * batches)
+  cold = throughput.measure_input(make(1), batches, IMAGE_TIME_AXIS)
+  warm = throughput.measure_input(make(warm_passes), warm_passes * batches,
+                                IMAGE_TIME_AXIS)
   return {"cold": cold, "warm": warm}
 
 
@@ -494,7 +498,7 @@ def rss_table(root: str) -> str:
                   100 if FLAGS.quick else FLAGS.rss_images, seed=8)
   large = copy_set(base, os.path.join(root, "large"), FLAGS.rss_scale)
   large_samples = sources.load_samples(DataConfig(train_data=large), "train")
-  eval_samples = sources.SampleList(base.samples.samples[:64], {})
+  eval_samples = sources.ListedSource(base.samples.samples[:64])
   charset = os.path.join(root, "charset.txt")
   base.charset.save(charset)
   steps = len(large_samples) // FLAGS.batch_size   # one epoch of the large set

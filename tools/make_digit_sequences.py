@@ -28,6 +28,7 @@ files. Each split is written to a temporary folder and renamed into place at the
 """
 
 import collections
+import contextlib
 import io
 import json
 import os
@@ -193,27 +194,25 @@ def wav_bytes(pcm: np.ndarray, sample_rate: int) -> bytes:
   return buffer.getvalue()
 
 
-def write_split(generator: Generator, split: str, count: int, folder: str, fmt: str,
-                num_shards: int) -> float:
+def write_utterances(generator: Generator, split: str, count: int, folder: str, fmt: str,
+                     num_shards: int) -> float:
   """Writes `count` utterances into `folder`; returns their total seconds of audio."""
   os.makedirs(folder)
-  writers, tfrecord = [], None
+  shards = contextlib.nullcontext()
   if fmt == "tfrecord":
-    import tensorflow as tf  # late: only the TFRecord format needs it
+    # Late: only the TFRecord format needs TensorFlow.
     from ctc_trainer.data import tfrecord
-    num_shards = min(num_shards, count)
-    writers = [tf.io.TFRecordWriter(os.path.join(
-        folder, tfrecord.shard_name(split, i, num_shards))) for i in range(num_shards)]
+    shards = tfrecord.ShardWriter(folder, split, min(num_shards, count))
   manifest, sources = [], []
   seconds, start, last_report = 0.0, time.time(), time.time()
-  try:
+  with shards:
     for i in range(count):
       pcm, text, clips = generator.utterance()
       name = f"{i:05d}.wav"
       blob = wav_bytes(pcm, generator.sample_rate)
-      if writers:
-        writers[i % len(writers)].write(tfrecord.make_example(
-            blob, text, f"{split}/{name}", frames=len(pcm)))
+      if fmt == "tfrecord":
+        shards.write(tfrecord.make_example(blob, text, f"{split}/{name}",
+                                           frames=len(pcm)))
       else:
         with open(os.path.join(folder, name), "wb") as f:
           f.write(blob)
@@ -225,9 +224,6 @@ def write_split(generator: Generator, split: str, count: int, folder: str, fmt: 
         print(f"{split}: {i + 1}/{count} utterances, {(i + 1) / (now - start):.0f}/s",
               file=sys.stderr, flush=True)
         last_report = now
-  finally:
-    for w in writers:
-      w.close()
   if manifest:
     _write_lines(os.path.join(folder, "manifest.tsv"), manifest)
   _write_lines(os.path.join(folder, "clips.tsv"), sources)
@@ -286,8 +282,8 @@ def main(argv):
                             (fl.min_digits, fl.max_digits), sample_rate)
       staging = targets[split] + ".tmp"
       shutil.rmtree(staging, ignore_errors=True)
-      seconds = write_split(generator, split, counts[split], staging, fl.format,
-                            fl.num_shards)
+      seconds = write_utterances(generator, split, counts[split], staging, fl.format,
+                                 fl.num_shards)
       sample_rate = generator.sample_rate
       shutil.rmtree(targets[split], ignore_errors=True)
       os.replace(staging, targets[split])

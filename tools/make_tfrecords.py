@@ -9,8 +9,9 @@ csv and synthetic flags, --image_height, --max_image_width, --charset). Writes
 OUTPUT_DIR/train-00000-of-00016.tfrecord ... (and eval-*), the schema of
 ctc_trainer/data/tfrecord.py, plus:
   report-SPLIT.tsv   every sample left out, 'key<TAB>reason': missing, unreadable or
-                     undecodable image, label characters outside --charset, or a label
-                     longer than the model's output frames for its image
+                     undecodable file (image, or WAV with --modality=audio), label
+                     characters outside --charset, or a label longer than the
+                     model's output frames for its input
   charset.txt        --charset, or the characters of the training labels written
 Bad samples never stop the run. The frame check runs when a model is configured (any
 of --model, --conv_filters, --rnn_units, --rnn_layers given, e.g. by the training
@@ -26,7 +27,7 @@ from absl import app, flags, logging
 from ctc_trainer import cli, config, models, options, summaries
 from ctc_trainer.charset import Charset
 from ctc_trainer.config import DataConfig
-from ctc_trainer.data import sources, tfrecord
+from ctc_trainer.data import pipeline, sources, tfrecord
 from ctc_trainer.errors import ConfigError
 
 flags.DEFINE_string("output_dir", None, "Folder for the shards, reports and charset.")
@@ -50,11 +51,12 @@ def data_config(fl: flags.FlagValues) -> DataConfig:
                             unknown_char_policy="skip")
 
 
-def model_frames(fl: flags.FlagValues, num_classes: int):
-  """widths int [n] -> the configured model's output frames int [n]."""
+def model_frames(fl: flags.FlagValues, num_classes: int, data: DataConfig):
+  """lengths along time (image widths, audio frames) int [n] -> the configured
+  model's output frames int [n]."""
   import tensorflow as tf  # late: only the frame check needs a model
   model = models.build(config.model_from_flags(fl), num_classes,
-                       (fl.image_height, None, int(fl.image_channels)))
+                       pipeline.input_shape(data))
   return lambda widths: model.output_length(tf.constant(widths, tf.int32)).numpy()
 
 
@@ -98,7 +100,7 @@ def main(argv):
   frames_fn = None
   if any(FLAGS[name].present for name in _MODEL_FLAGS):
     # Any class count will do: output frames do not depend on it.
-    frames_fn = model_frames(FLAGS, charset.num_classes if charset else 2)
+    frames_fn = model_frames(FLAGS, charset.num_classes if charset else 2, cfg)
     logging.info("Checking that labels fit the frames of model %s", FLAGS.model)
   else:
     logging.info("No model flags given: label lengths are not checked against frames")

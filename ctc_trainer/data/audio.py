@@ -1,5 +1,6 @@
-"""Audio preprocessing: WAV bytes -> normalized log-mel features, the one implementation
-shared by training, evaluation and export; and SpecAugment, for training only.
+"""The audio Modality: WAV bytes -> normalized log-mel features, the one implementation
+shared by training, evaluation and export; SpecAugment, for training only; and the
+rest of what depends on inputs being audio (see modality.py).
 
 decode_and_featurize(wav bytes) -> (features float32 [T, F], T):
   1. tf.audio.decode_wav (16-bit PCM) to [-1, 1); the channels are averaged (mono).
@@ -20,14 +21,13 @@ of each utterance, exactly as it pads images along their width.
 import dataclasses
 import math
 import struct
-from typing import Union
+from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
 
 from ctc_trainer.config import AudioConfig
-from ctc_trainer.data import tfrecord
-from ctc_trainer.data.sources import SampleList, spread
+from ctc_trainer.data.modality import Modality
 
 LOWER_EDGE_HZ = 20.0
 LOG_OFFSET = 1e-6      # log(mel + LOG_OFFSET): digital silence stays finite
@@ -301,38 +301,83 @@ def describe_wav(path: str) -> str:
           f"{'s' if info.channels != 1 else ''}, {kind}, {seconds:.2f} s")
 
 
-def scan_frames(samples: SampleList, cfg: AudioConfig, limit: int) -> np.ndarray:
-  """Feature frames of up to `limit` samples spread over the set -> int64 [n].
-
-  Listed files: their WAV headers (a few bytes each), lengths converted to
-  cfg.sample_rate. TFRecord shards: the `frames` feature, taken to be at
-  cfg.sample_rate, or the decoded WAV where it is missing. Unreadable samples are
-  left out: this only feeds the estimate behind length buckets.
-  """
-  if samples.shards:
-    lengths = _scan_shard_samples(samples, limit)
-  else:
-    lengths = []
-    for sample in spread(samples.samples, limit):
-      try:
-        info = read_wav_info(sample.path)
-      except (OSError, ValueError):
-        continue
-      lengths.append(round(info.frames * cfg.sample_rate / max(info.sample_rate, 1)))
-  lengths = np.minimum(np.array(lengths, np.int64), max_samples(cfg))
-  return np.maximum(num_frames(lengths, cfg), 1).astype(np.int64)
+def spectrogram_images(features: tf.Tensor) -> tf.Tensor:
+  """Audio features [B, T, F] -> images [B, F, T, 1] in [0, 1]: time to the right,
+  low frequencies at the bottom, each utterance scaled to its own range."""
+  images = tf.reverse(tf.transpose(features, [0, 2, 1]), axis=[1])[..., None]
+  low = tf.reduce_min(images, axis=[1, 2, 3], keepdims=True)
+  high = tf.reduce_max(images, axis=[1, 2, 3], keepdims=True)
+  return (images - low) / tf.maximum(high - low, 1e-6)
 
 
-def _scan_shard_samples(samples: SampleList, limit: int):
-  def length(record):
-    x = tfrecord.parse_example(record)
-    return tf.cond(x["frames"] > 0, lambda: x["frames"],
-                   lambda: tf.shape(tf.audio.decode_wav(x["encoded"])[0], tf.int64)[0])
+# --- the Modality ---------------------------------------------------------------------
 
-  files = tf.data.Dataset.from_tensor_slices(list(samples.shards))
-  # One record from each shard in turn: a spread over the set, not its first shard.
-  ds = files.interleave(
-      lambda f: tf.data.TFRecordDataset(f, compression_type=samples.compression),
-      cycle_length=min(len(samples.shards), 64), block_length=1)
-  ds = ds.take(limit).map(length, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
-  return list(ds.as_numpy_iterator())
+class AudioModality(Modality):
+  """Log-mel features [T, F] of 16-bit PCM WAVs."""
+  name = "audio"
+  # decode_wav's errors quote the file's bytes, which TensorFlow cannot turn into a
+  # Python message: a failure is named as it happens, not explained afterwards.
+  names_every_failure = True
+
+  @property
+  def example_shape(self) -> Tuple[Optional[int], ...]:
+    return (None, self.cfg.audio.num_mel_bins)
+
+  @property
+  def max_length(self) -> int:
+    return max_frames(self.cfg.audio)
+
+  @property
+  def expected(self) -> str:
+    a = self.cfg.audio
+    rate = ("any rate, resampled to " if a.resample_policy == "resample"
+            else "") + f"{a.sample_rate} Hz"
+    return f"expected a 16-bit PCM WAV of {rate}, at most {a.max_audio_seconds:g} s"
+
+  def decode(self, encoded):
+    return decode_and_featurize(encoded, self.cfg.audio)
+
+  def augment(self, ds: tf.data.Dataset, seed: int) -> tf.data.Dataset:
+    return augment_dataset(ds, self.cfg.audio, seed)
+
+  def serve(self, encoded: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    return featurize_batch(encoded, self.cfg.audio)
+
+  def preview(self, inputs: tf.Tensor) -> tf.Tensor:
+    return spectrogram_images(inputs)
+
+  def _frames(self, num_samples: int) -> int:
+    """Samples at cfg.sample_rate -> feature frames, as the pipeline caps them."""
+    return int(max(num_frames(min(num_samples, max_samples(self.cfg.audio)),
+                              self.cfg.audio), 1))
+
+  def file_length(self, sample) -> Optional[int]:
+    """The listing's duration (JSONL manifests) or the WAV header's length, converted
+    to cfg.sample_rate."""
+    rate = self.cfg.audio.sample_rate
+    if sample.duration is not None:
+      return self._frames(round(sample.duration * rate))
+    try:
+      info = read_wav_info(sample.path)
+    except (OSError, ValueError):
+      return None
+    return self._frames(round(info.frames * rate / max(info.sample_rate, 1)))
+
+  def record_length(self, features: Dict[str, tf.Tensor]) -> tf.Tensor:
+    """The `frames` feature, taken to be at cfg.sample_rate, or the decoded WAV's."""
+    samples = tf.cond(
+        features["frames"] > 0, lambda: features["frames"],
+        lambda: tf.shape(tf.audio.decode_wav(features["encoded"])[0], tf.int64)[0])
+    samples = tf.minimum(samples, max_samples(self.cfg.audio))
+    return tf.maximum(num_frames(samples, self.cfg.audio), 1)
+
+  def validate(self, encoded):
+    # decode_wav is what can fail (format, rate, length); the features cannot.
+    samples = tf.size(decode_wav(encoded, self.cfg.audio), tf.int64)
+    return (tf.cast(num_frames(samples, self.cfg.audio), tf.int32),
+            {"frames": samples})   # at cfg.sample_rate, as record_length reads it
+
+  def failure_text(self, path: Optional[str]) -> str:
+    if path is None:
+      return f"cannot read or decode audio; {self.expected}"
+    return f"cannot use audio {path}, {describe_wav(path)}; {self.expected}"

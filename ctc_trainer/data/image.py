@@ -1,14 +1,19 @@
-"""Image preprocessing: the one implementation shared by training, eval and export.
+"""The image Modality: preprocessing shared by training, eval and export, and the
+rest of what depends on inputs being images (see modality.py).
 
 An encoded PNG/JPEG/BMP/GIF becomes a float32 image of fixed height, its width scaled
 to keep the aspect ratio, with values in [0, 1] inverted so that ink is bright and the
-paper is 0. Zero padding to the right of a line then looks like more paper.
+paper is 0. Zero padding to the right of a line then looks like more paper. Batches
+are [B, H, W, C]: width is time.
 """
 
-from typing import Tuple
+import sys
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
+
+from ctc_trainer.data.modality import Modality
 
 # ITU-R 601 luma weights, normalised so that white stays exactly white. NumPy, not
 # tf.constant: importing this module must not start the TF runtime (multi-worker
@@ -90,3 +95,101 @@ def decode_and_resize(encoded: tf.Tensor, height: int, channels: int,
   image = 1.0 - tf.clip_by_value(image, 0.0, 1.0)
   image = tf.ensure_shape(image, [height, None, channels])
   return image, width
+
+
+class ImageModality(Modality):
+  """Text-line images [H, W, C], W along time; no augmentation yet (the hook is
+  `augment`)."""
+  name = "image"
+  expected = "(empty, truncated or not PNG, JPEG, GIF or BMP)"
+
+  @property
+  def example_shape(self) -> Tuple[Optional[int], ...]:
+    return (self.cfg.image_height, None, self.cfg.image_channels)
+
+  @property
+  def max_length(self) -> int:
+    return self.cfg.max_image_width
+
+  @property
+  def _skips_wide(self) -> bool:
+    return self.cfg.too_wide_policy == "skip"
+
+  def decode(self, encoded):
+    # To skip too-wide images, measure their true resized width (no cap); `screen`
+    # drops them.
+    max_width = 2 ** 30 if self._skips_wide else self.cfg.max_image_width
+    return decode_and_resize(encoded, self.cfg.image_height, self.cfg.image_channels,
+                             max_width)
+
+  def screen(self, ds: tf.data.Dataset) -> tf.data.Dataset:
+    if not self._skips_wide:
+      return ds
+    max_width = self.cfg.max_image_width
+
+    def fits(example):
+      ok = example["input_length"] <= max_width
+
+      def warn():
+        tf.print("WARNING ctc_trainer: skipping", example["key"], "- its width",
+                 example["input_length"], "at this height exceeds --max_image_width",
+                 max_width, "(--too_wide_policy=skip)", output_stream=sys.stderr)
+        return ok
+      return tf.cond(ok, lambda: ok, warn)
+
+    return ds.filter(fits)
+
+  def serve(self, encoded: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    height, channels = self.cfg.image_height, self.cfg.image_channels
+
+    def one_image(blob):
+      image, _ = decode_and_resize(blob, height, channels, self.cfg.max_image_width)
+      # Columns first, flattened: map_fn stacks images of different widths only as
+      # ragged rows, and flat rows keep the shape exact even for an empty batch.
+      return tf.reshape(tf.transpose(image, [1, 0, 2]), [-1])
+
+    flat = tf.map_fn(one_image, encoded,
+                     fn_output_signature=tf.RaggedTensorSpec([None], tf.float32))
+    input_length = tf.cast(flat.row_lengths() // (height * channels), tf.int32)
+    columns = tf.RaggedTensor.from_row_lengths(
+        tf.reshape(flat.flat_values, [-1, height, channels]), input_length)
+    # Zero padding on the right, as padded_batch pads the training batches.
+    return tf.transpose(columns.to_tensor(0.0), [0, 2, 1, 3]), input_length
+
+  def preview(self, inputs: tf.Tensor) -> tf.Tensor:
+    # Inputs are ink-bright on zero; flip back to dark ink on light paper.
+    return 1.0 - inputs
+
+  def _resized(self, height, width):
+    scaled = np.round(width * self.cfg.image_height / max(height, 1))
+    return int(np.clip(scaled, 1, self.cfg.max_image_width))
+
+  def file_length(self, sample) -> Optional[int]:
+    from PIL import Image  # late: only scans of listed files need it
+    try:
+      with Image.open(sample.path) as im:   # reads the header only
+        return self._resized(im.height, im.width)
+    except (OSError, ValueError):
+      return None
+
+  def record_length(self, features: Dict[str, tf.Tensor]) -> tf.Tensor:
+    def decoded():
+      return tf.cast(tf.shape(decode_image(features["encoded"], 1))[:2], tf.int64)
+
+    # The writer's height/width features, or the decoded image for other writers.
+    size = tf.cond(features["width"] > 0,
+                   lambda: tf.stack([features["height"], features["width"]]), decoded)
+    return tf.cast(resized_width(tf.maximum(size[0], 1), size[1], self.cfg.image_height,
+                                 self.cfg.max_image_width), tf.int64)
+
+  def validate(self, encoded):
+    # The decode op that decode_image runs, without its colour conversion: that
+    # cannot fail once the decode succeeded, and costs more than the decode.
+    shape = tf.shape(tf.io.decode_image(encoded, expand_animations=False))
+    length = resized_width(shape[0], shape[1], self.cfg.image_height,
+                           self.cfg.max_image_width)
+    return length, {"height": tf.cast(shape[0], tf.int64),
+                    "width": tf.cast(shape[1], tf.int64)}
+
+  def failure_text(self, path: Optional[str]) -> str:
+    return f"cannot read or decode image{f' {path}' if path else ''} {self.expected}"

@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Dict, Tuple
+from typing import Dict
 
 import numpy as np
 from absl import logging

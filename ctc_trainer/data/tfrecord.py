@@ -1,4 +1,4 @@
-"""TFRecord shards: the one tf.train.Example schema, its writer and its parsers.
+"""TFRecord shards: the one tf.train.Example schema, its writer, its reader and scans.
 
 Schema (one Example per sample; docs/data_formats.md shows it with an example):
   encoded  bytes  required  the image (PNG, JPEG, BMP, GIF) or audio (WAV) file, the
@@ -12,24 +12,34 @@ Schema (one Example per sample; docs/data_formats.md shows it with an example):
   frames   int64  optional  audio: samples in the file (0: unknown)
 
 Shards are named SPLIT-00003-of-00016.tfrecord (.tfrecord.gz when GZIP-compressed).
-tools/make_tfrecords.py writes them with `write_split`; pipeline.make_dataset reads them
-with `parse_example`, so writer and reader cannot disagree about the schema.
+ShardWriter writes them (for tools/make_tfrecords.py through `write_split`, and for
+tools/make_digit_sequences.py); `read_examples` reads them for the tfrecord Source,
+with the same FEATURES, so writer and reader cannot disagree about the schema.
+
+Reading: shards -> [shard] -> [shuffle, repeat] -> chunks of records, interleaved
+across shards, each size-checked and parsed at once -> [shuffle records]. A
+truncated or corrupt shard and a record that is not an Example are named (see
+failures.py): an error, or under policy 'skip' a warning, keeping the rest.
 """
 
 import dataclasses
 import math
 import os
 import re
+import sys
 import time
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import (TYPE_CHECKING, Callable, Dict, Iterator, List, Optional,
+                    Sequence, Tuple)
 
 import numpy as np
 import tensorflow as tf
 
 from ctc_trainer.config import DataConfig
-from ctc_trainer.data import image as image_lib
-from ctc_trainer.data.sources import SampleList
+from ctc_trainer.data import failures, modalities
 from ctc_trainer.errors import DataError
+
+if TYPE_CHECKING:   # sources imports this module
+  from ctc_trainer.data.sources import ListedSource
 
 FEATURES = {
     "encoded": tf.io.FixedLenFeature([], tf.string),
@@ -44,9 +54,11 @@ GZIP_SUFFIX = ".gz"
 # Bytes a record takes in an uncompressed file besides its payload: length (8), CRC of
 # the length (4), CRC of the data (4). The reader checks shards' sizes with it.
 RECORD_OVERHEAD = 16
-BAD_IMAGE_REASON = ("cannot read or decode image (empty, truncated or not PNG, JPEG, "
-                    "GIF or BMP)")
-_CHUNK = 256   # samples validated and checked per host round trip
+_VALIDATE_CHUNK = 256   # samples validated and checked per host round trip
+_READ_CHUNK = 64   # records per chunk read, size-checked and parsed at once
+_SHARD_CYCLE = 16   # shards read concurrently
+_SCAN_CYCLE = 64   # shards a length scan takes records from in turn
+AUTOTUNE = tf.data.AUTOTUNE
 
 
 def make_example(encoded: bytes, text: str, key: str, height: int = 0, width: int = 0,
@@ -126,25 +138,156 @@ def read_texts(shards: Sequence[str], compression: str) -> Iterator[str]:
     yield from (t.decode("utf-8") for t in texts)
 
 
-def scan_sizes(shards: Sequence[str], compression: str, limit: int) -> np.ndarray:
-  """(height, width) of up to `limit` records taken across the shards -> int [n, 2].
-
-  Uses the height/width features; a record without them (another writer) has its
-  image decoded. Records that fail to parse or decode are left out.
-  """
-  def size(record):
-    x = parse_example(record)
-    return tf.cond(
-        x["width"] > 0, lambda: tf.stack([x["height"], x["width"]]),
-        lambda: tf.cast(tf.shape(image_lib.decode_image(x["encoded"], 1))[:2], tf.int64))
-
+def scan_lengths(shards: Sequence[str], compression: str, limit: int,
+                 length_fn: Callable[[Dict[str, tf.Tensor]], tf.Tensor]) -> np.ndarray:
+  """length_fn(parsed example) of up to `limit` records taken across the shards ->
+  int64 [n]: one record from each shard in turn, a spread over the set rather than
+  its first shard. Records that fail to parse or measure are left out: this only
+  feeds the estimate behind length buckets."""
   files = tf.data.Dataset.from_tensor_slices(list(shards))
-  # One record from each shard in turn: a spread over the set, not its first shard.
   ds = files.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type=compression),
-                        cycle_length=min(len(shards), 64), block_length=1)
-  ds = ds.take(limit).map(size, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
-  sizes = [s for s in ds.as_numpy_iterator()]
-  return np.array(sizes, np.int64).reshape(-1, 2)
+                        cycle_length=min(len(shards), _SCAN_CYCLE), block_length=1)
+  ds = ds.take(limit).map(lambda r: length_fn(parse_example(r)),
+                          num_parallel_calls=AUTOTUNE).ignore_errors()
+  return np.array(list(ds.as_numpy_iterator()), np.int64)
+
+
+# --- reading ---------------------------------------------------------------------
+
+def read_examples(shards: Sequence[str], compression: str, cfg: DataConfig,
+                  shuffle_and_repeat: bool, input_context) -> tf.data.Dataset:
+  """Shards -> examples {data: the encoded bytes, text, key, name: "KEY (SHARD record
+  I)"}, read as the module docstring says; records are shuffled with cfg.seed.
+
+  With several input pipelines (workers), each reads its own shards when there are at
+  least as many shards as pipelines, else every pipeline reads all shards and keeps
+  its share of the records.
+  """
+  sizes = [records_size(s, compression) for s in shards]
+  files = tf.data.Dataset.from_tensor_slices((list(shards), np.array(sizes, np.int64)))
+  pipelines = input_context.num_input_pipelines if input_context is not None else 1
+  by_file = pipelines > 1 and len(shards) >= pipelines
+  if by_file:
+    files = files.shard(pipelines, input_context.input_pipeline_id)
+  if shuffle_and_repeat:
+    files = files.shuffle(len(shards), seed=cfg.seed, reshuffle_each_iteration=True)
+    files = files.repeat()
+  skip = cfg.bad_sample_policy == "skip"
+  # Chunks of up to _READ_CHUNK records of one shard each; whole chunks are
+  # interleaved across shards and parsed with one vectorized parse each.
+  chunks = files.interleave(
+      lambda path, size: _read_shard(path, size, compression, skip),
+      cycle_length=min(_SHARD_CYCLE, len(shards)), block_length=1,
+      num_parallel_calls=AUTOTUNE)
+  parsed = chunks.interleave(_parse_chunk, cycle_length=AUTOTUNE,
+                             num_parallel_calls=AUTOTUNE)
+  examples = parsed.scan(failures.no_skips(), _unparsed_reporter(skip)).unbatch()
+  if pipelines > 1 and not by_file:
+    examples = examples.shard(pipelines, input_context.input_pipeline_id)
+  if shuffle_and_repeat:
+    examples = examples.shuffle(cfg.shuffle_buffer, seed=cfg.seed,
+                                reshuffle_each_iteration=True)
+  return examples
+
+
+def _read_shard(path: tf.Tensor, size: tf.Tensor, compression: str,
+                skip: bool) -> tf.data.Dataset:
+  """One shard -> chunks (records [n], where [n]) of up to _READ_CHUNK records;
+  `where` names each record as "SHARD record INDEX".
+
+  tf.data's read errors do not name the file, and a truncated GZIP shard reads
+  without any error, so shards are checked by size instead: a read error ends the
+  shard (ignore_errors), and if the records read do not add up to `size` (the
+  file's size, or a GZIP file's uncompressed size from its trailer), the shard is
+  reported by name: an error (policy 'error') or a warning, keeping the records
+  before the damage (policy 'skip'). The accounting runs once per chunk.
+  """
+  records = tf.data.TFRecordDataset(path, compression_type=compression)
+  chunks = records.ignore_errors().batch(_READ_CHUNK).map(lambda chunk: (chunk, False))
+  end = tf.data.Dataset.from_tensors((tf.constant([], tf.string), True))
+
+  def account(state, item):
+    index, consumed = state
+    chunk, last = item
+    if last:
+      complete = tf.equal(consumed, size)
+      if not skip:
+        tf.debugging.Assert(complete, [
+            failures.BAD_SHARD, path, "after record", index, ": expected", size,
+            "bytes of records, read", consumed, ". Rewrite it, or set "
+            "--bad_sample_policy=skip."])
+      elif not complete:
+        tf.print("WARNING ctc_trainer: truncated or corrupt TFRecord shard", path,
+                 "- using its first", index, "records", output_stream=sys.stderr)
+    count = tf.size(chunk, tf.int64)
+    consumed += (tf.reduce_sum(tf.cast(tf.strings.length(chunk), tf.int64)) +
+                 count * RECORD_OVERHEAD)
+    if compression:   # the trailer holds the size modulo 2**32
+      consumed = consumed % (1 << 32)
+    where = tf.strings.join([path, " record ",
+                             tf.strings.as_string(tf.range(index, index + count))])
+    return (index + count, consumed), (chunk, where, last)
+
+  zero = tf.constant(0, tf.int64)
+  checked = chunks.concatenate(end).scan((zero, zero), account)
+  return checked.filter(lambda chunk, where, last: tf.logical_not(last)).map(
+      lambda chunk, where, last: (chunk, where))
+
+
+def _parse_chunk(records: tf.Tensor, where: tf.Tensor) -> tf.data.Dataset:
+  """A chunk of records -> one element (encoded, text, key, where, parsed): [n] each,
+  parsed False where a record is not an Example of the schema (its other fields
+  empty).
+
+  One vectorized parse for the chunk; only when it fails is each record parsed on
+  its own, to find the bad ones.
+  """
+  def fields(x):
+    return x["encoded"], x["text"], x["key"]
+
+  whole = tf.data.Dataset.from_tensors(records).map(
+      lambda r: (*fields(tf.io.parse_example(r, FEATURES)), tf.ones_like(r, tf.bool)))
+  count = tf.size(records, tf.int64)
+
+  def one_by_one():
+    singles = tf.data.Dataset.from_tensor_slices(
+        (records, tf.range(count))).map(
+            lambda r, i: (*fields(parse_example(r)), i)).ignore_errors()
+
+    def scatter(encoded, text, key, index):
+      put = lambda values, fill: tf.tensor_scatter_nd_update(
+          tf.fill([count], fill), index[:, None], values)
+      return (put(encoded, ""), put(text, ""), put(key, ""),
+              put(tf.ones_like(index, tf.bool), False))
+
+    return singles.batch(_READ_CHUNK).concatenate(tf.data.Dataset.from_tensors(
+        (tf.constant([], tf.string),) * 3 + (tf.constant([], tf.int64),))).take(
+            1).map(scatter)
+
+  # The second dataset is only read when the first yields nothing (its parse failed).
+  return whole.ignore_errors().concatenate(one_by_one()).take(1).map(
+      lambda encoded, text, key, parsed: (encoded, text, key, where, parsed))
+
+
+def _unparsed_reporter(skip: bool):
+  """A scan function over parsed chunks -> examples dicts of vectors: an error naming
+  the first record that is not an Example (skip False), or such records dropped,
+  each named once."""
+  hint = "(not a tf.train.Example of the schema in ctc_trainer/data/tfrecord.py)."
+
+  def report(seen, chunk):
+    encoded, text, key, where, parsed = chunk
+    bad = tf.boolean_mask(where, tf.logical_not(parsed))
+    if not skip:
+      first = tf.concat([bad, [""]], 0)[0]
+      tf.debugging.Assert(tf.equal(tf.size(bad), 0), [failures.BAD_RECORD, first, hint])
+    else:
+      seen = failures.note_skips(seen, bad, "skipping an unparsable record")
+    keep = lambda values: tf.boolean_mask(values, parsed)
+    return seen, {"data": keep(encoded), "text": keep(text), "key": keep(key),
+                  "name": tf.strings.join([keep(key), " (", keep(where), ")"])}
+
+  return report
 
 
 # --- writing ---------------------------------------------------------------------
@@ -164,25 +307,54 @@ def needed_frames(text: str) -> int:
   return len(text) + sum(a == b for a, b in zip(text, text[1:]))
 
 
-def write_split(samples: SampleList, cfg: DataConfig, output_dir: str, split: str,
+class ShardWriter:
+  """Writes serialized examples round-robin to OUTPUT_DIR/SPLIT-0000k-of-0000n shards
+  (the k-th to shard k % n, so every shard spans the whole set), under temporary
+  names until the `with` block ends without an error; then they are renamed into
+  place, and SPLIT's shards of an earlier run with another count are removed."""
+
+  def __init__(self, output_dir: str, split: str, num_shards: int,
+               compression: str = ""):
+    os.makedirs(output_dir, exist_ok=True)
+    self.output_dir, self.split = output_dir, split
+    self.paths = [os.path.join(output_dir, shard_name(split, i, num_shards, compression))
+                  for i in range(num_shards)]
+    options = tf.io.TFRecordOptions(compression_type=compression)
+    self._writers = [tf.io.TFRecordWriter(p + ".tmp", options) for p in self.paths]
+    self.written = 0
+
+  def write(self, serialized: bytes) -> None:
+    self._writers[self.written % len(self._writers)].write(serialized)
+    self.written += 1
+
+  def __enter__(self) -> "ShardWriter":
+    return self
+
+  def __exit__(self, error_type, *_) -> None:
+    for w in self._writers:
+      w.close()
+    if error_type is None:
+      _replace_shards(self.output_dir, self.split, self.paths)
+
+
+def write_split(samples: "ListedSource", cfg: DataConfig, output_dir: str, split: str,
                 num_shards: int = 0, shard_bytes: int = 200 << 20, compression: str = "",
                 workers: int = 0,
                 frames_fn: Optional[Callable[[np.ndarray], np.ndarray]] = None,
                 on_progress: Optional[Callable[[int, int], None]] = None) -> WriteResult:
-  """Validates the listed samples and writes the good ones to TFRecord shards.
+  """Validates the listed files and writes the good ones to TFRecord shards.
 
-  Every image is read and decoded (the same decoder as training); `frames_fn`, when
-  given, maps resized widths int [n] to the model's output frames int [n], and a label
-  that needs more frames is rejected. Bad samples never stop the run: they are listed
+  Every file is read and decoded by cfg's Modality (Modality.validate: the decode of
+  training); `frames_fn`, when given, maps lengths along time int [n] (resized
+  widths, feature frames) to the model's output frames int [n], and a label that
+  needs more frames is rejected. Bad samples never stop the run: they are listed
   with the reason in OUTPUT_DIR/report-SPLIT.tsv (with those `samples.rejected` at
-  listing time). The k-th good sample goes to shard k % num_shards, so every shard
-  spans the whole set; num_shards=0 picks ceil(total file bytes / shard_bytes).
+  listing time). num_shards=0 picks ceil(total file bytes / shard_bytes); see
+  ShardWriter for how samples are spread over shards.
 
   Deterministic: the same inputs give byte-identical shards (listing order, no
-  timestamps, encoded bytes stored as read). Shards are written under temporary names
-  and renamed at the end; older shards of SPLIT with another shard count are removed.
-  `workers` threads read and decode (0: one per CPU). on_progress(done, total) is
-  called after each chunk of samples.
+  timestamps, encoded bytes stored as read). `workers` threads read and decode (0:
+  one per CPU). on_progress(done, total) is called after each chunk of samples.
   """
   start = time.time()
   candidates = samples.samples
@@ -190,58 +362,49 @@ def write_split(samples: SampleList, cfg: DataConfig, output_dir: str, split: st
     total_bytes = sum(os.path.getsize(s.path) for s in candidates)
     num_shards = max(1, math.ceil(total_bytes / shard_bytes))
   num_shards = min(num_shards, max(1, len(candidates)))
-  os.makedirs(output_dir, exist_ok=True)
-  names = [shard_name(split, i, num_shards, compression) for i in range(num_shards)]
-  paths = [os.path.join(output_dir, n) for n in names]
   rejected = [(path, f"{reason}: {message}") for path, reason, message in samples.rejected]
-  options = tf.io.TFRecordOptions(compression_type=compression)
-  writers = [tf.io.TFRecordWriter(p + ".tmp", options) for p in paths]
-  written, expected = 0, 0
-  try:
-    for index, encoded, height, width, resized in _validated(candidates, cfg, workers):
+  modality = modalities.get(cfg)
+  unreadable = lambda failed: [
+      (s.path, modality.failure_text(None) + (f" ({s.origin})" if s.origin != s.path
+                                              else "")) for s in failed]
+  expected = 0
+  with ShardWriter(output_dir, split, num_shards, compression) as shards:
+    for index, encoded, length, sizes in _validated(candidates, modality, workers):
       # ignore_errors dropped the samples that fail to read or decode: the gaps in
       # the index sequence are those samples.
       for i in range(len(index)):
-        rejected.extend(_unreadable(candidates[expected:index[i]]))
+        rejected.extend(unreadable(candidates[expected:index[i]]))
         expected = index[i] + 1
-      frames = None if frames_fn is None else np.asarray(frames_fn(resized))
+      frames = None if frames_fn is None else np.asarray(frames_fn(length))
       for i, sample_index in enumerate(index):
         sample = candidates[sample_index]
         if frames is not None and needed_frames(sample.text) > frames[i]:
           rejected.append((sample.path, (
               f"label needs {needed_frames(sample.text)} frames, the model gives "
-              f"{int(frames[i])} for this image ({resized[i]} px wide after resizing)")))
+              f"{int(frames[i])} for this {modality.name} (length {length[i]} after "
+              f"preprocessing)")))
           continue
-        writers[written % num_shards].write(make_example(
-            encoded[i], sample.text, sample.path, height=height[i], width=width[i]))
-        written += 1
+        shards.write(make_example(encoded[i], sample.text, sample.path,
+                                  **{k: v[i] for k, v in sizes.items()}))
       if on_progress:
         on_progress(expected, len(candidates))
-    rejected.extend(_unreadable(candidates[expected:]))
+    rejected.extend(unreadable(candidates[expected:]))
     if on_progress and expected < len(candidates):
       on_progress(len(candidates), len(candidates))
-  finally:
-    for w in writers:
-      w.close()
-  _replace_shards(output_dir, split, paths)
   report = os.path.join(output_dir, f"report-{split}.tsv")
   with open(report, "w", encoding="utf-8", newline="\n") as f:
     f.write("key\treason\n")
     f.writelines(f"{key}\t{_one_line(reason)}\n" for key, reason in rejected)
-  return WriteResult(paths, written, rejected, report, time.time() - start)
+  return WriteResult(shards.paths, shards.written, rejected, report, time.time() - start)
 
 
-def _validated(candidates, cfg: DataConfig, workers: int):
-  """Yields chunks (index, encoded bytes, height, width, resized width), arrays [n],
-  of the samples that read and decode, in listing order; the others are left out."""
+def _validated(candidates, modality, workers: int):
+  """Yields chunks (index, encoded bytes, length, {size feature: values}), arrays
+  [n], of the samples that read and decode, in listing order; the others are left
+  out."""
   def check(index, path):
     encoded = tf.io.read_file(path)
-    # The decode op that image_lib.decode_image runs, without its colour conversion:
-    # that cannot fail once the decode succeeded, and costs more than the decode.
-    shape = tf.shape(tf.io.decode_image(encoded, expand_animations=False))
-    resized = image_lib.resized_width(shape[0], shape[1], cfg.image_height,
-                                      cfg.max_image_width)
-    return index, encoded, shape[0], shape[1], resized
+    return (index, encoded, *modality.validate(encoded))
 
   workers = workers or os.cpu_count() or 1
   ds = tf.data.Dataset.from_tensor_slices(
@@ -249,8 +412,8 @@ def _validated(candidates, cfg: DataConfig, workers: int):
   ds = ds.map(check, num_parallel_calls=workers, deterministic=True).ignore_errors()
   options = tf.data.Options()
   options.threading.private_threadpool_size = workers
-  # Chunks: one host round trip and one model call (frames) per _CHUNK samples.
-  ds = ds.with_options(options).batch(_CHUNK).prefetch(2)
+  # Chunks: one host round trip and one model call (frames) per _VALIDATE_CHUNK samples.
+  ds = ds.with_options(options).batch(_VALIDATE_CHUNK).prefetch(2)
   yield from ds.as_numpy_iterator()
 
 
@@ -267,11 +430,6 @@ def _replace_shards(output_dir: str, split: str, paths: List[str]) -> None:
       os.remove(os.path.join(output_dir, name))
   for p in paths:
     os.replace(p + ".tmp", p)
-
-
-def _unreadable(samples) -> List[Tuple[str, str]]:
-  return [(s.path, BAD_IMAGE_REASON + (f" ({s.origin})" if s.origin != s.path else ""))
-          for s in samples]
 
 
 def _one_line(text: str) -> str:

@@ -3,8 +3,9 @@
 `run_input_only` iterates the training pipeline without a model (train.py
 --input_only): compare its examples/sec with training's train/examples_per_sec, and
 look at train/input_wait_fraction. Padding efficiency (valid columns / padded
-columns) says how much of each batch is real image rather than padding; length
-buckets (--bucket_boundaries) raise it.
+columns, along the modality's time axis: image width or audio frames) says how much
+of each batch is real input rather than padding; length buckets
+(--bucket_boundaries) raise it.
 """
 
 import dataclasses
@@ -17,7 +18,7 @@ from absl import logging
 from ctc_trainer import summaries
 from ctc_trainer.charset import Charset
 from ctc_trainer.config import Config
-from ctc_trainer.data import pipeline, sources
+from ctc_trainer.data import failures, modalities, pipeline, sources
 
 
 @dataclasses.dataclass
@@ -44,25 +45,28 @@ class InputStats:
             f"{100 * self.padding_efficiency:.1f}%")
 
 
-def padding_sums(batch: Dict[str, tf.Tensor],
+def padding_sums(batch: Dict[str, tf.Tensor], time_axis: int,
                  strategy: Optional[tf.distribute.Strategy] = None) -> Dict[str, tf.Tensor]:
   """{valid_columns, padded_columns}: float32 scalars of one (distributed) batch.
 
-  valid = sum(input_length); padded = batch size x padded width, per replica. Add
-  them up over an interval as tensors (metrics.add_sums) and divide once at the log.
+  valid = sum(input_length); padded = batch size x padded length along time_axis
+  (the Modality's: 2 for images [B, H, W, C], 1 for audio [B, T, F]), per replica.
+  Add them up over an interval as tensors (metrics.add_sums) and divide once at the
+  log.
   """
   local = strategy.experimental_local_results if strategy is not None else (
       lambda value: (value,))
   valid, padded = [], []
   for lengths, inputs in zip(local(batch["input_length"]), local(batch["inputs"])):
     valid.append(tf.reduce_sum(tf.cast(lengths, tf.float32)))
-    padded.append(tf.cast(tf.size(lengths) * tf.shape(inputs)[2], tf.float32))
+    padded.append(tf.cast(tf.size(lengths) * tf.shape(inputs)[time_axis], tf.float32))
   return {"valid_columns": tf.add_n(valid), "padded_columns": tf.add_n(padded)}
 
 
-def measure_input(dataset: tf.data.Dataset, num_batches: int,
+def measure_input(dataset: tf.data.Dataset, num_batches: int, time_axis: int,
                   log_every: int = 0) -> InputStats:
-  """Iterates `num_batches` batch dicts (fewer if the dataset ends) and times them.
+  """Iterates `num_batches` batch dicts (fewer if the dataset ends) and times them;
+  padding along `time_axis` of the inputs (Modality.time_axis).
 
   The clock starts when the first batch arrives, so start-up is reported apart.
   Logs the running rate every `log_every` batches (0: never).
@@ -85,7 +89,7 @@ def measure_input(dataset: tf.data.Dataset, num_batches: int,
       stats.examples += len(lengths)
     stats.batches += 1
     stats.valid_columns += int(lengths.sum())
-    stats.padded_columns += len(lengths) * int(batch["inputs"].shape[2])
+    stats.padded_columns += len(lengths) * int(batch["inputs"].shape[time_axis])
     stats.seconds = time.time() - clock
     if log_every and stats.batches % log_every == 0:
       rate = stats.examples / max(stats.seconds, 1e-9)
@@ -102,8 +106,8 @@ def run_input_only(cfg: Config, charset: Charset) -> InputStats:
   without a model, logging every cfg.loop.log_every (train.py --input_only)."""
   samples = sources.load_samples(cfg.data, "train", charset)
   dataset = pipeline.make_dataset(cfg.data, charset, "train", samples=samples)
+  time_axis = modalities.get(cfg.data).time_axis
   try:
-    return measure_input(dataset, cfg.loop.train_steps, cfg.loop.log_every)
-  except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError,
-          tf.errors.DataLossError) as e:
-    raise pipeline.explain_pipeline_error(e, samples, cfg.data) from None
+    return measure_input(dataset, cfg.loop.train_steps, time_axis, cfg.loop.log_every)
+  except failures.PIPELINE_ERRORS as e:
+    raise failures.explain(e, samples, cfg.data) from None
