@@ -131,9 +131,9 @@ class DataConfig:
       True, "Parallel input stages emit in the seeded order (reproducible). False lets "
       "them emit whatever is ready first (faster when some files are slow to read).")
   cache_decoded: bool = option(
-      False, "Keep decoded, resized examples in RAM after the first pass (only for "
-      "sets that fit in memory; shuffling then happens after the cache, in a buffer "
-      "of decoded images).")
+      False, "Decode the training set once into RAM before training (only for sets "
+      "that fit in memory); epochs are shuffled by index over the whole set, and "
+      "checkpoints stay small.")
   # Synthetic demo data (data_format=synthetic): generated once into train/eval_data.
   synthetic_train_size: int = option(20000, "synthetic: number of training text lines "
                                      "to generate.", minimum=0)

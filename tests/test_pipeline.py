@@ -193,3 +193,43 @@ def test_mixed_formats_and_modes_in_rgb(tmp_path):
   corner = batch["inputs"][:, 1, 1, :].numpy()
   np.testing.assert_allclose(centre, 1.0, atol=0.05)   # black ink -> 1
   np.testing.assert_allclose(corner, 0.0, atol=0.05)   # white paper -> 0
+
+
+def _checkpoint_size(iterator, folder) -> int:
+  tf.train.Checkpoint(it=iterator).write(str(folder / "ckpt"))
+  return sum(os.path.getsize(folder / f) for f in os.listdir(folder))
+
+
+def test_cache_decoded_checkpoints_stay_small_and_resume_exactly(tmp_path):
+  """--cache_decoded used tf.data's cache(), whose contents (the whole decoded set)
+  and a shuffle buffer of decoded images went into every iterator checkpoint."""
+  items = [(150 + i % 50, "abcdefgh"[i % 8] * 3) for i in range(200)]
+  manifest = make_set(tmp_path / "set", items)
+  sizes = {}
+  for cached in (False, True):
+    cfg = config(manifest, batch_size=8, shuffle_buffer=64, seed=2,
+                 bucket_boundaries="none", cache_decoded=cached)
+    iterator = iter(pipeline.make_dataset(cfg, CHARSET, "train"))
+    for _ in range(30):   # past the first epoch of 25 batches
+      next(iterator)
+    folder = tmp_path / f"ckpt_{cached}"
+    folder.mkdir()
+    sizes[cached] = _checkpoint_size(iterator, folder)
+    expected = [next(iterator)["key"].numpy().tolist() for _ in range(3)]
+    resumed = iter(pipeline.make_dataset(cfg, CHARSET, "train"))
+    tf.train.Checkpoint(it=resumed).read(str(folder / "ckpt"))
+    assert [next(resumed)["key"].numpy().tolist() for _ in range(3)] == expected
+  decoded_set = 200 * 32 * 350 * 4   # images 32 px high, about 350 px wide, float32
+  assert sizes[True] < decoded_set / 10, sizes
+  assert sizes[True] < 2 * sizes[False], sizes
+
+
+def test_cache_decoded_trains_on_every_example_each_epoch(tmp_path):
+  items = [(10 + i, "abcdefgh"[i]) for i in range(8)]
+  cfg = config(make_set(tmp_path, items), batch_size=4, seed=1, cache_decoded=True,
+               bucket_boundaries="none")
+  texts = [t.decode() for b in pipeline.make_dataset(cfg, CHARSET, "train").take(6)
+           for t in b["text"].numpy()]
+  epochs = [texts[i:i + 8] for i in (0, 8, 16)]
+  assert all(sorted(e) == list("abcdefgh") for e in epochs)
+  assert epochs[0] != epochs[1]

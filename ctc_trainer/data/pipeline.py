@@ -14,11 +14,14 @@ make_dataset composes the seams:
   Source (sources/)      raw examples, [sharded], [shuffled and repeated]
   failures.decode        decoded by the Modality (image.py, audio.py), a sample that
                          fails named: an error, or skipped with a warning
-  [cache] [augment]      the Modality's training augmentation
+  [in memory]            cache_decoded, training: decoded once, drawn by shuffled index
+  [augment]              the Modality's training augmentation
   buckets                padded to a length bucket (or the batch's longest) and batched
   labels                 encoded, checked against the charset; prefetched
 Shuffling happens on paths or encoded records, before decoding, so no buffer holds
-decoded examples (unless cache_decoded asks for it); memory does not grow with the set.
+decoded examples; memory does not grow with the set. With cache_decoded (sets that
+fit in RAM) the training set is decoded once into memory (memory.py) and shuffled by
+index, so checkpoints still hold positions, not images.
 """
 
 from typing import Dict, Optional, Tuple
@@ -27,7 +30,7 @@ import tensorflow as tf
 
 from ctc_trainer.charset import Charset
 from ctc_trainer.config import DataConfig
-from ctc_trainer.data import buckets, failures, modalities, sources
+from ctc_trainer.data import buckets, failures, memory, modalities, sources
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -85,25 +88,33 @@ def make_dataset(cfg: DataConfig, charset: Charset, split: str,
   # rebuilt in every function graph instead of being shared.
   charset.encode(tf.constant([""]))
 
-  # Shuffle and repeat cheap items (paths, encoded records) before decoding. A cache
-  # of decoded examples has to come first, and the shuffle after it.
-  early = training and not cfg.cache_decoded
-  ds = failures.decode(samples, modality, cfg, charset, early, input_context,
-                       keep_encoded=keep_encoded)
+  # Shuffle and repeat cheap items (paths, encoded records) before decoding; or,
+  # with cache_decoded, decode the set once into memory and shuffle indices into it.
+  in_memory = training and cfg.cache_decoded
+  ds = failures.decode(samples, modality, cfg, charset, training and not in_memory,
+                       None if in_memory else input_context, keep_encoded=keep_encoded)
   if limit > 0:
     ds = ds.take(limit)
-  if cfg.cache_decoded:
-    ds = ds.cache()
-    if training:
-      ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed, reshuffle_each_iteration=True)
-      ds = ds.repeat()
+  if in_memory:
+    ds = memory.dataset(_load(ds.with_options(dataset_options(cfg)), samples, modality,
+                              cfg), shuffle_seed=cfg.seed, input_context=input_context)
   if training:
-    # After the cache, so that every epoch draws anew; never on eval data.
+    # After the in-memory set, so that every epoch draws anew; never on eval data.
     ds = modality.augment(ds, cfg.seed)
   widths = buckets.bucket_widths(cfg, samples, modality, batch_size, split)
   ds = buckets.batch(ds, batch_size, widths, drop_remainder=training)
   ds = ds.map(lambda batch: _add_labels(batch, charset), num_parallel_calls=AUTOTUNE)
   return ds.prefetch(AUTOTUNE).with_options(dataset_options(cfg))
+
+
+def _load(examples: tf.data.Dataset, samples: sources.Source, modality,
+          cfg: DataConfig) -> memory.InMemory:
+  """The decoded examples in memory, a failure named as in training."""
+  try:
+    return memory.load(examples, time_axis=modality.time_axis - 1,
+                       what=f"{modality.name} examples")
+  except failures.PIPELINE_ERRORS as e:
+    raise failures.explain(e, samples, cfg) from None
 
 
 def dataset_options(cfg: DataConfig) -> tf.data.Options:
