@@ -5,7 +5,7 @@ model, the run's primary decoder (the first of --decoder, from ctc_trainer.decod
 and the charset (as lookup tables) are all inside it.
 
 Signatures (K = top_k, fixed at export; B = batch):
-  serving_default(image_bytes string [B])                        -> outputs
+  serving_default(encoded string [B]: image or WAV file bytes)    -> outputs
   features(inputs float32 [B, H, W, C], input_length int32 [B])  -> outputs
   outputs: text string [B]             the decoder's best path, as text
            confidence float32 [B]      exp(the best path's log probability)
@@ -42,7 +42,7 @@ from ctc_trainer import decoders, loop, metrics, steps
 from ctc_trainer.charset import Charset
 from ctc_trainer.config import Config, DataConfig
 from ctc_trainer.errors import ConfigError, DataError, ExportError
-from ctc_trainer.data import failures, modalities, pipeline, sources
+from ctc_trainer.data import modalities, pipeline, sources
 
 DEFAULT_TOP_K = 5   # or what the decoder gives, if fewer
 # The gate's bound on |checkpoint CER - SavedModel CER|: the two must agree exactly,
@@ -91,7 +91,7 @@ class ServingModule(tf.Module):
     # saved with it: the charset travels inside the SavedModel.
     self._charset = Charset(charset.symbols)
     self.charset_tables = self._charset.tables()
-    bytes_spec = tf.TensorSpec([None], tf.string, name="image_bytes")
+    bytes_spec = tf.TensorSpec([None], tf.string, name="encoded")
     self.preprocess = tf.function(self._preprocess, input_signature=[bytes_spec])
     self.serve_bytes = tf.function(self._serve_bytes, input_signature=[bytes_spec])
     self.serve_features = tf.function(self._serve_features, input_signature=[
@@ -112,21 +112,21 @@ class ServingModule(tf.Module):
     return {"serving_default": self.serve_bytes.get_concrete_function(),
             "features": self.serve_features.get_concrete_function()}
 
-  def _preprocess(self, image_bytes):
-    """string [B] -> (inputs float32 [B, H, W_max, C] or [B, T_max, F], input_length
-    int32 [B])."""
-    empty = tf.equal(tf.strings.length(image_bytes), 0)
+  def _preprocess(self, encoded):
+    """Encoded files string [B] -> (inputs float32 [B, H, W_max, C] or [B, T_max, F],
+    input_length int32 [B])."""
+    empty = tf.equal(tf.strings.length(encoded), 0)
     # Named here, because the decoder's own message says neither what nor which.
     check = tf.debugging.Assert(
         tf.logical_not(tf.reduce_any(empty)),
-        ["empty image bytes at batch index", tf.where(empty)[:, 0]], summarize=10)
+        ["empty input bytes at batch index", tf.where(empty)[:, 0]], summarize=10)
     with tf.control_dependencies([check]):
-      image_bytes = tf.identity(image_bytes)
-    inputs, input_length = self._modality.serve(image_bytes)
+      encoded = tf.identity(encoded)
+    inputs, input_length = self._modality.serve(encoded)
     return inputs * self._input_scale, input_length
 
-  def _serve_bytes(self, image_bytes):
-    return self._serve_features(*self._preprocess(image_bytes))
+  def _serve_bytes(self, encoded):
+    return self._serve_features(*self._preprocess(encoded))
 
   def _serve_features(self, inputs, input_length):
     # The model's ops reject a batch of zero images; a server may still send one.
@@ -175,7 +175,10 @@ def serving_fn(served) -> ServeFn:
   if isinstance(served, ServingModule):
     return served.serve_bytes
   signature = served.signatures["serving_default"]
-  return lambda image_bytes: signature(image_bytes=image_bytes)
+  # Exports written before the input was named for images and audio alike call it
+  # image_bytes.
+  name = next(iter(signature.structured_input_signature[1]))
+  return lambda encoded: signature(**{name: encoded})
 
 
 # --- transcription -----------------------------------------------------------------
@@ -352,19 +355,10 @@ def check_parity(trainer: loop.Trainer, serve: ServeFn, samples: sources.Source,
   """
   cfg = trainer.cfg
   primary = cfg.loop.decoder[0]
-  dataset = pipeline.make_dataset(cfg.data, trainer.charset, "eval", samples=samples,
-                                  limit=limit, keep_encoded=True)
   sums, paths, labels, expected, encoded = {}, [], [], [], []
-  iterator = iter(dataset)
-  while True:
-    try:
-      batch = next(iterator)
-    except StopIteration:
-      break
-    except failures.PIPELINE_ERRORS as e:
-      raise failures.explain(e, samples, cfg.data) from None
-    encoded += list(batch.pop("encoded").numpy())
-    batch_sums, decoded = trainer.steps.eval_step(batch)
+  for batch, batch_sums, decoded in loop.eval_batches(trainer, samples, limit=limit,
+                                                      keep_encoded=True):
+    encoded += list(batch["encoded"].numpy())
     sums = metrics.add_sums(sums, batch_sums)
     paths += [k.decode("utf-8") for k in batch["key"].numpy()]
     labels += [t.decode("utf-8") for t in batch["text"].numpy()]

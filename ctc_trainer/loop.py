@@ -11,7 +11,7 @@ import itertools
 import os
 import signal
 import time
-from typing import Dict, Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import keras
 import tensorflow as tf
@@ -117,12 +117,14 @@ def setup(cfg: Config, for_training: bool = True) -> Trainer:
   return Trainer(cfg, charset, strategy, model, optimizer, checkpoints, steps)
 
 
-def make_iterator(trainer: Trainer, split: str, samples: sources.Source):
+def make_iterator(trainer: Trainer, split: str, samples: sources.Source, **options):
   """An iterator over `split` batches. On the default strategy it is a plain tf.data
   iterator, which checkpoints its position; under a distribution strategy each
-  worker reads its own shard through an InputContext (position not checkpointed)."""
+  worker reads its own shard through an InputContext (position not checkpointed).
+  options: further make_dataset arguments (limit, keep_encoded)."""
   make = lambda context: pipeline.make_dataset(
-      trainer.cfg.data, trainer.charset, split, input_context=context, samples=samples)
+      trainer.cfg.data, trainer.charset, split, input_context=context, samples=samples,
+      **options)
   if not distribute.is_distributed(trainer.strategy):
     return iter(make(None))
   return iter(trainer.strategy.distribute_datasets_from_function(make))
@@ -141,6 +143,27 @@ def _next_batch(iterator, samples, cfg):
 DECODER_METRICS = ("cer", "wer", "seq_accuracy")   # reported per decoder
 
 
+def eval_batches(trainer: Trainer, samples: sources.Source, max_batches: int = 0,
+                 **options) -> Iterator[Tuple[dict, dict, dict]]:
+  """The one eval loop (evaluate, and export's parity gate): yields, per eval batch
+  (at most max_batches when > 0), (batch, eval_step's metric sums, its decoded
+  strings per decoder). options: make_dataset's limit and keep_encoded; the batch
+  keeps its `encoded` bytes, which eval_step does not take."""
+  iterator = make_iterator(trainer, "eval", samples, **options)
+  for index in itertools.count():
+    if index == max_batches > 0:
+      return
+    try:
+      batch = _next_batch(iterator, samples, trainer.cfg.data)
+    except StopIteration:
+      return
+    encoded = batch.pop("encoded", None)
+    batch_sums, decoded = trainer.steps.eval_step(batch)
+    if encoded is not None:
+      batch["encoded"] = encoded
+    yield batch, batch_sums, decoded
+
+
 def evaluate(trainer: Trainer, eval_samples: sources.Source,
              ) -> Tuple[Dict[str, float], Optional[dict], Optional[dict]]:
   """One pass over the eval set -> (metrics, first batch, its decoded samples).
@@ -152,15 +175,8 @@ def evaluate(trainer: Trainer, eval_samples: sources.Source,
   """
   cfg = trainer.cfg
   sums, first_batch, first_samples = {}, None, None
-  iterator = make_iterator(trainer, "eval", eval_samples)
-  for index in itertools.count():
-    if index == cfg.loop.eval_max_batches > 0:
-      break
-    try:
-      batch = _next_batch(iterator, eval_samples, trainer.cfg.data)
-    except StopIteration:
-      break
-    batch_sums, samples = trainer.steps.eval_step(batch)
+  for index, (batch, batch_sums, samples) in enumerate(
+      eval_batches(trainer, eval_samples, cfg.loop.eval_max_batches)):
     sums = metrics.add_sums(sums, batch_sums)
     if index == 0:
       first_replica = lambda v: trainer.strategy.experimental_local_results(v)[0]
