@@ -114,7 +114,7 @@ LOAD_WITH_TF_ONLY = textwrap.dedent("""
     result = {"texts": [], "features_texts": [], "confidence": [], "top_k": [],
               "errors": {}}
     for i in range(0, len(images), 8):
-      out = serve(image_bytes=tf.constant(images[i:i + 8]))
+      out = serve(encoded=tf.constant(images[i:i + 8]))
       result["texts"] += [t.decode() for t in out["text"].numpy()]
       result["confidence"] += out["confidence"].numpy().tolist()
       result["top_k"] += [[t.decode() for t in row] for row in out["top_k_texts"].numpy()]
@@ -123,11 +123,11 @@ LOAD_WITH_TF_ONLY = textwrap.dedent("""
       result["features_texts"] += [t.decode() for t in out["text"].numpy()]
     for name, blob in [("empty", b""), ("not_image", b"hello, not an image")]:
       try:
-        serve(image_bytes=tf.constant([images[0], blob]))
+        serve(encoded=tf.constant([images[0], blob]))
       except tf.errors.InvalidArgumentError as e:
         result["errors"][name] = e.message
-    result["after_errors"] = serve(image_bytes=tf.constant(images[:1]))["text"][0].numpy().decode()
-    result["empty_batch"] = serve(image_bytes=tf.constant([], tf.string))["top_k_texts"].shape.as_list()
+    result["after_errors"] = serve(encoded=tf.constant(images[:1]))["text"][0].numpy().decode()
+    result["empty_batch"] = serve(encoded=tf.constant([], tf.string))["top_k_texts"].shape.as_list()
     result["ctc_trainer_imported"] = any(m.startswith("ctc_trainer") for m in sys.modules)
     print(json.dumps(result))
 """)
@@ -191,7 +191,7 @@ def test_saved_model_cer_equals_the_checkpoints_on_the_whole_eval_set(exported, 
 
 
 def test_bad_bytes_give_clear_errors_and_the_process_keeps_serving(loaded):
-  assert "empty image bytes at batch index" in loaded["errors"]["empty"]
+  assert "empty input bytes at batch index" in loaded["errors"]["empty"]
   assert "Unknown image file format" in loaded["errors"]["not_image"]
   assert loaded["after_errors"] == loaded["texts"][0]
   assert loaded["empty_batch"] == [0, 4]
@@ -233,3 +233,15 @@ def test_export_tool_refuses_to_overwrite_a_non_savedmodel(exported, tmp_path):
 def test_top_k_above_beam_width_is_a_config_error(trainer):
   with pytest.raises(ConfigError, match="--top_k=5 must be between 1 and --beam_width=4"):
     export.ServingModule.from_trainer(trainer, top_k=5)
+
+
+def test_serving_fn_reads_older_exports_whose_input_is_named_image_bytes(tmp_path):
+  class OldExport(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    def serve(self, image_bytes):
+      return {"text": tf.strings.upper(image_bytes)}
+
+  module = OldExport()
+  tf.saved_model.save(module, str(tmp_path), signatures={"serving_default": module.serve})
+  serve = export.serving_fn(export.load(str(tmp_path)))
+  assert serve(tf.constant([b"ab"]))["text"].numpy().tolist() == [b"AB"]
