@@ -19,7 +19,19 @@ from ctc_trainer.errors import ConfigError
 from ctc_trainer.models.crnn import CRNNConfig
 from ctc_trainer.options import option
 
-DATA_FORMATS = ("tsv", "csv", "jsonl", "filenames", "sidecar", "synthetic", "tfrecord")
+# The Source registry: --data_format name -> "module:loader" in ctc_trainer/data/sources/,
+# imported when used (data/ imports this module, so not the other way round). A new
+# source is its module plus one line here.
+SOURCES = {
+    "tsv": "manifest:load_tsv",
+    "csv": "manifest:load_csv",
+    "jsonl": "jsonl:load",
+    "filenames": "filenames:load",
+    "sidecar": "sidecar:load",
+    "synthetic": "synthetic:load",
+    "tfrecord": "tfrecord:load",
+}
+DATA_FORMATS = tuple(SOURCES)
 TFRECORD_COMPRESSIONS = ("auto", "none", "gzip")
 POLICIES = ("error", "skip")
 MODALITIES = ("image", "audio")

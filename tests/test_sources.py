@@ -222,5 +222,7 @@ def test_synthetic_format_generates_then_reads_manifest(tmp_path):
   assert os.path.isfile(result.samples[0].path)
 
 
-def test_every_data_format_choice_has_a_registered_source():
+def test_every_registered_source_loads_and_is_a_data_format_choice():
   assert sorted(config.DATA_FORMATS) == sources.names()
+  for name in sources.names():
+    assert callable(sources.loader(name)), name

@@ -39,7 +39,7 @@ from ctc_trainer.data import failures, modalities
 from ctc_trainer.errors import DataError
 
 if TYPE_CHECKING:   # sources imports this module
-  from ctc_trainer.data.sources import ListedSource
+  from ctc_trainer.data.sources.base import ListedSource
 
 FEATURES = {
     "encoded": tf.io.FixedLenFeature([], tf.string),

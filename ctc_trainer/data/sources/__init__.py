@@ -11,34 +11,30 @@ Formats (DataConfig.data_format, docs/data_formats.md):
   tfrecord   a file pattern of TFRecord shards (data/tfrecord.py); nothing is listed
              up front, the shards are the list
 base.py has the Source interface. Adding a format: one new module with a loader
-(cfg, split, location, charset) -> Source, its entry in _LOADERS below, and its name
-in config.DATA_FORMATS (the --data_format choices; a test checks they agree).
+(cfg, split, location, charset) -> Source, and its line in config.SOURCES (which
+also gives --data_format its choices).
 """
 
-from typing import Callable, Dict, List, Optional
+import importlib
+from typing import Callable, List, Optional
 
 from ctc_trainer.charset import Charset
-from ctc_trainer.config import DataConfig
-from ctc_trainer.data.sources import (filenames, jsonl, manifest, sidecar, synthetic,
-                                      tfrecord)
+from ctc_trainer.config import SOURCES, DataConfig
 from ctc_trainer.data.sources.base import (IMAGE_EXTENSIONS, ListedSource,  # noqa: F401
                                            Sample, Source)
 from ctc_trainer.errors import DataError
 
-# data_format -> loader(cfg, split, location, charset) -> Source
-_LOADERS: Dict[str, Callable[..., Source]] = {
-    "tsv": manifest.load_tsv,
-    "csv": manifest.load_csv,
-    "jsonl": jsonl.load,
-    "filenames": filenames.load,
-    "sidecar": sidecar.load,
-    "synthetic": synthetic.load,
-    "tfrecord": tfrecord.load,
-}
-
 
 def names() -> List[str]:
-  return sorted(_LOADERS)
+  return sorted(SOURCES)
+
+
+def loader(data_format: str) -> Callable[..., Source]:
+  """The registered loader(cfg, split, location, charset) -> Source of a format."""
+  if data_format not in SOURCES:
+    raise DataError(f"unknown data_format {data_format!r}; known: {', '.join(names())}")
+  module, function = SOURCES[data_format].split(":")
+  return getattr(importlib.import_module(f"{__name__}.{module}"), function)
 
 
 def load_samples(cfg: DataConfig, split: str, charset: Optional[Charset] = None) -> Source:
@@ -54,7 +50,4 @@ def load_samples(cfg: DataConfig, split: str, charset: Optional[Charset] = None)
   location = cfg.train_data if split == "train" else cfg.eval_data
   if not location:
     raise DataError(f"no {split} data given (--{split}_data is empty)")
-  if cfg.data_format not in _LOADERS:
-    raise DataError(f"unknown data_format {cfg.data_format!r}; known: "
-                    f"{', '.join(names())}")
-  return _LOADERS[cfg.data_format](cfg, split, location, charset)
+  return loader(cfg.data_format)(cfg, split, location, charset)
