@@ -9,7 +9,7 @@ from absl.testing import flagsaver
 
 from ctc_trainer import config, decoders, export, metrics
 from ctc_trainer.config import DataConfig
-from ctc_trainer.decoders import DecoderConfig
+from ctc_trainer.decoders import DecoderConfig, registry
 from ctc_trainer.errors import ConfigError
 
 from tests.helpers import CHARSET, HEIGHT, build_steps, make_batch
@@ -45,7 +45,7 @@ def test_unknown_name_is_a_config_error_listing_the_known_ones():
 
 
 def test_a_name_cannot_be_registered_twice(monkeypatch):
-  monkeypatch.setattr(decoders, "_DECODERS", dict(decoders._DECODERS))
+  monkeypatch.setattr(registry, "_DECODERS", dict(registry._DECODERS))
   with pytest.raises(ValueError, match="'greedy' is already registered"):
     decoders.register("greedy")(lambda logits, logit_length, config: None)
 
@@ -128,7 +128,7 @@ def test_eval_step_reports_sums_per_configured_decoder():
 
 
 def test_a_decoder_registered_in_a_test_is_used_by_eval_step(monkeypatch):
-  monkeypatch.setattr(decoders, "_DECODERS", dict(decoders._DECODERS))
+  monkeypatch.setattr(registry, "_DECODERS", dict(registry._DECODERS))
 
   @decoders.register("always_empty", single_path=True)
   def always_empty(logits, logit_length, config):

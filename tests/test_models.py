@@ -36,7 +36,7 @@ def test_a_new_model_is_one_registration():
     layer = models.build(LinearConfig(), 7, (16, None, 1))
     assert layer(tf.zeros([1, 3, 4])).shape == (1, 3, 7)
   finally:
-    models._MODELS.pop("linear_for_test")  # pylint: disable=protected-access
+    models.registry._MODELS.pop("linear_for_test")  # pylint: disable=protected-access
 
 
 @pytest.mark.parametrize("width", [1, 7, 32, 33])

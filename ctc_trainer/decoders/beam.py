@@ -6,7 +6,7 @@ from typing import List, Tuple
 import tensorflow as tf
 
 from ctc_trainer import ctc
-from ctc_trainer.decoders import DecoderConfig, register
+from ctc_trainer.decoders.registry import DecoderConfig, register
 
 
 @register("beam")

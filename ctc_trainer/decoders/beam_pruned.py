@@ -44,7 +44,8 @@ import tensorflow as tf
 
 from ctc_trainer import ctc
 from ctc_trainer.charset import BLANK_ID
-from ctc_trainer.decoders import DecoderConfig, greedy, register
+from ctc_trainer.decoders import greedy
+from ctc_trainer.decoders.registry import DecoderConfig, register
 
 # A row whose best path is more probable than this is decoded greedily (see
 # pruned_beam_search_decode): 0.5, the bound that makes that exact, plus a margin.

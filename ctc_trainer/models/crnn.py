@@ -9,7 +9,7 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from ctc_trainer.models import register
+from ctc_trainer.models.registry import register
 from ctc_trainer.models.base import ConvRNNConfig, SequenceModel
 
 _WIDTH_POOLS = 2  # conv blocks that also pool the width

@@ -11,7 +11,7 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from ctc_trainer.models import register
+from ctc_trainer.models.registry import register
 from ctc_trainer.models.base import ConvRNNConfig, SequenceModel
 from ctc_trainer.options import option
 
