@@ -34,7 +34,12 @@ SOURCES = {
 DATA_FORMATS = tuple(SOURCES)
 TFRECORD_COMPRESSIONS = ("auto", "none", "gzip")
 POLICIES = ("error", "skip")
-MODALITIES = ("image", "audio")
+# The Modality registry: --modality name -> "module:class" in ctc_trainer/data/, imported
+# when used, as SOURCES is. A new modality is its module plus one line here.
+MODALITIES = {
+    "image": "image:ImageModality",
+    "audio": "audio:AudioModality",
+}
 RESAMPLE_POLICIES = ("error", "resample")
 OPTIMIZERS = ("adam", "adamw")
 LR_SCHEDULES = ("constant", "warmup_cosine")
@@ -110,7 +115,7 @@ class DataConfig:
       "count it.", choices=POLICIES)
   modality: str = option(
       "image", "What the data files hold: image (PNG, JPEG, BMP, GIF) or audio (16-bit "
-      "PCM WAV, turned into log-mel features; docs/speech.md).", choices=MODALITIES)
+      "PCM WAV, turned into log-mel features; docs/speech.md).", choices=tuple(MODALITIES))
   audio: AudioConfig = AudioConfig()
   image_height: int = option(32, "Images are resized to this height, keeping the "
                              "aspect ratio.", minimum=1)

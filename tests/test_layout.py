@@ -87,3 +87,11 @@ def test_no_branch_on_a_seam_outside_it(pattern, allowed):
       if re.search(pattern, line.split("#")[0]):
         offenders.append(f"{rel}:{lineno}: {line.strip()}")
   assert not offenders, "\n".join(offenders)
+
+
+def test_every_registered_modality_loads_and_names_itself():
+  from ctc_trainer import config  # pylint: disable=import-outside-toplevel
+  from ctc_trainer.data import modalities  # pylint: disable=import-outside-toplevel
+  for name in modalities.names():
+    assert modalities.modality_class(name).name == name
+  assert sorted(config.MODALITIES) == modalities.names()

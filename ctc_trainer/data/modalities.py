@@ -1,26 +1,29 @@
 """The modality registry: --modality name -> Modality (modality.py has the interface).
 
-Adding a modality: one new module with a modality.Modality subclass, its entry in
-_MODALITIES below, and its name in config.MODALITIES. Models declare the modality they
-read where they register. Nothing else branches on which modality is in use.
+Adding a modality: one new module with a modality.Modality subclass, and its line in
+config.MODALITIES (which also gives --modality its choices). Models declare the
+modality they read where they register. Nothing else branches on which modality is
+in use.
 """
 
-from typing import Dict, List, Type
+import importlib
+from typing import List, Type
 
-from ctc_trainer.config import DataConfig
-from ctc_trainer.data import audio, image
+from ctc_trainer.config import MODALITIES, DataConfig
 from ctc_trainer.data.modality import Modality
-
-_MODALITIES: Dict[str, Type[Modality]] = {
-    m.name: m for m in (image.ImageModality, audio.AudioModality)}
 
 
 def names() -> List[str]:
-  return sorted(_MODALITIES)
+  return sorted(MODALITIES)
+
+
+def modality_class(name: str) -> Type[Modality]:
+  if name not in MODALITIES:
+    raise ValueError(f"unknown modality {name!r}; known: {', '.join(names())}")
+  module, cls = MODALITIES[name].split(":")
+  return getattr(importlib.import_module(f"ctc_trainer.data.{module}"), cls)
 
 
 def get(cfg: DataConfig) -> Modality:
   """The Modality of cfg.modality, built for cfg."""
-  if cfg.modality not in _MODALITIES:
-    raise ValueError(f"unknown modality {cfg.modality!r}; known: {', '.join(names())}")
-  return _MODALITIES[cfg.modality](cfg)
+  return modality_class(cfg.modality)(cfg)
