@@ -11,11 +11,12 @@ import os
 import pathlib
 import subprocess
 import sys
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Set, Tuple
 from unittest import mock
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 from absl import flags
 from absl import logging as absl_logging
@@ -24,7 +25,7 @@ from absl.testing import flagsaver
 from ctc_trainer import config, models, steps
 from ctc_trainer.charset import Charset
 from ctc_trainer.config import ModelConfig, OptimConfig
-from ctc_trainer.data import pipeline
+from ctc_trainer.data import pipeline, sources
 from ctc_trainer.loop import make_optimizer
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -151,30 +152,86 @@ def child_env(**extra) -> Dict[str, str]:
   return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO), **extra)
 
 
+_children: Set[subprocess.Popen] = set()
+_session_over = []
+
+
+def start_process(*args, env=None, **popen_kwargs) -> subprocess.Popen:
+  """Starts `python ARGS` from the repository root in a child process (text mode),
+  killed at the end of the session at the latest (kill_children)."""
+  if _session_over:
+    raise RuntimeError("the test session is over: no new child processes")
+  proc = subprocess.Popen([sys.executable, *map(str, args)], cwd=REPO, text=True,
+                          env=env or child_env(), **popen_kwargs)
+  _children.add(proc)
+  return proc
+
+
+def kill_children() -> None:
+  _session_over.append(True)
+  for proc in _children:
+    proc.kill()
+  _children.clear()
+
+
 def run_process(*args, env=None, check=True, timeout=280) -> Ran:
-  """Runs `python ARGS` from the repository root in a child process."""
-  proc = subprocess.run([sys.executable, *map(str, args)], cwd=REPO, capture_output=True,
-                        text=True, env=env or child_env(), timeout=timeout)
+  """Runs `python ARGS` from the repository root in a child process to its end."""
+  proc = start_process(*args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  try:
+    out, err = proc.communicate(timeout=timeout)
+  finally:
+    proc.kill()
   if check and proc.returncode != 0:
-    raise AssertionError(f"{args[:2]} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-  return Ran(proc.returncode, proc.stdout, proc.stderr)
+    raise AssertionError(f"{args[:2]} failed ({proc.returncode}):\n{err[-3000:]}")
+  return Ran(proc.returncode, out, err)
+
+
+# Jobs of child processes that need nothing from this process but the tiny data set:
+# they start when the session does, one after another in one thread, and so run on
+# the core that the in-process tests leave idle. conftest.background_jobs starts the
+# jobs whose fixtures the selected tests use.
+BACKGROUND: Dict[str, Callable] = {}
+
+
+def background(fixture_name: str):
+  """Decorates job(root, data_flags) -> result: registers it as a background job and
+  makes it a session fixture `fixture_name` that waits for the job's result. root
+  is an empty folder of the job's own; data_flags name the tiny synthetic set."""
+  def register(job):
+    BACKGROUND[fixture_name] = job
+
+    @pytest.fixture(scope="session", name=fixture_name)
+    def result(background_jobs):
+      return background_jobs[fixture_name].result()
+    result.__doc__ = job.__doc__
+    return result
+  return register
 
 
 # --- a trained run -----------------------------------------------------------------
+
+def make_tiny_data(root: pathlib.Path) -> List[str]:
+  """Generates the tiny synthetic set of TINY_FLAGS into ROOT/train and ROOT/eval
+  -> the --train_data and --eval_data flags that name it."""
+  data_flags = [f"--train_data={root / 'train'}", f"--eval_data={root / 'eval'}"]
+  with flagsaver.flagsaver():
+    flags.FLAGS(["data", f"--workdir={root / 'unused'}", *TINY_FLAGS, *data_flags])
+    cfg = config.from_flags()
+  for split in ("train", "eval"):
+    sources.load_samples(cfg.data, split)
+  return data_flags
+
 
 @dataclasses.dataclass
 class TinyRun:
   """A run of the train CLI on the tiny synthetic set (TINY_FLAGS) for 6 steps."""
   root: pathlib.Path      # holds train/ and eval/ (the data) and run/ (the workdir)
-  ran: Ran                # what the train command printed
+  data_flags: List[str]   # --train_data and --eval_data
+  ran: Ran = None         # what the train command printed
 
   @property
   def workdir(self) -> pathlib.Path:
     return self.root / "run"
-
-  @property
-  def data_flags(self) -> List[str]:
-    return [f"--train_data={self.root / 'train'}", f"--eval_data={self.root / 'eval'}"]
 
   def eval_images(self) -> List[Tuple[str, str]]:
     """The eval set's (path, label) pairs, in manifest order."""

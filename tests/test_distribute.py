@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import textwrap
 import time
 
@@ -17,7 +16,8 @@ import pytest
 import tensorflow as tf
 
 from ctc_trainer import train
-from tests.helpers import TINY_FLAGS, child_env, run_process
+from tests.helpers import (TINY_FLAGS, Ran, background, child_env, run_process,
+                           start_process)
 
 MIRRORED_CHECK = textwrap.dedent("""
     import numpy as np, keras, tensorflow as tf
@@ -60,9 +60,14 @@ MIRRORED_CHECK = textwrap.dedent("""
 """)
 
 
-def test_mirrored_two_cpus_matches_one_device():
-  ran = run_process("-c", MIRRORED_CHECK, check=False)
-  assert "MIRRORED_OK" in ran.out, ran.err[-3000:]
+@background("mirrored")
+def _mirrored_check(root, data_flags):
+  """MIRRORED_CHECK in a child process -> what it printed."""
+  return run_process("-c", MIRRORED_CHECK, check=False)
+
+
+def test_mirrored_two_cpus_matches_one_device(mirrored):
+  assert "MIRRORED_OK" in mirrored.out, mirrored.err[-3000:]
 
 
 def _free_ports(n):
@@ -75,9 +80,9 @@ def _free_ports(n):
   return ports
 
 
-def _start_workers(tiny_run, workdir, *extra, worker_env=()):
-  """Two workers on the tiny run's data (already generated, so they do not race to
-  write it). worker_env: extra environment for worker 1."""
+def _run_workers(workdir, data_flags, *extra, worker_env=()):
+  """Two workers to their end, on the tiny set (already generated, so they do not
+  race to write it) -> what each printed. worker_env: extra environment of worker 1."""
   ports = _free_ports(2)
   cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
   procs = []
@@ -85,28 +90,29 @@ def _start_workers(tiny_run, workdir, *extra, worker_env=()):
     env = child_env(TF_CONFIG=json.dumps(
         {"cluster": cluster, "task": {"type": "worker", "index": index}}),
         **(dict(worker_env) if index == 1 else {}))
-    args = [sys.executable, "-m", "ctc_trainer.train", f"--workdir={workdir}",
-            *TINY_FLAGS, *tiny_run.data_flags, "--strategy=multi_worker", *extra]
-    procs.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True, env=env))
-  return procs
-
-
-def _communicate(procs, timeout):
+    procs.append(start_process(
+        "-m", "ctc_trainer.train", f"--workdir={workdir}", *TINY_FLAGS, *data_flags,
+        "--strategy=multi_worker", *extra, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE))
   try:
-    return [p.communicate(timeout=timeout) for p in procs]
+    outs = [p.communicate(timeout=280) for p in procs]
   finally:
     for p in procs:
       p.kill()
+  return [Ran(p.returncode, out, err) for p, (out, err) in zip(procs, outs)]
+
+
+@background("workers_to_the_end")
+def _train_two_workers(root, data_flags):
+  """-> (workdir, what each worker printed) of a 4-step two-worker run."""
+  return root / "w", _run_workers(root / "w", data_flags, "--train_steps=4")
 
 
 @pytest.mark.slow
-def test_multi_worker_two_processes_end_with_equal_weights(tiny_run, tmp_path):
-  workdir = tmp_path / "w"
-  procs = _start_workers(tiny_run, workdir, "--train_steps=4")
-  outs = _communicate(procs, timeout=280)
-  for p, (_, err) in zip(procs, outs):
-    assert p.returncode == 0, err[-3000:]
+def test_multi_worker_two_processes_end_with_equal_weights(workers_to_the_end):
+  workdir, workers = workers_to_the_end
+  for worker in workers:
+    assert worker.code == 0, worker.err[-3000:]
   chief = tf.train.load_checkpoint(str(workdir / "checkpoints"))
   other = tf.train.load_checkpoint(str(workdir / "workers" / "worker-1" / "checkpoints"))
   names = [n for n, _ in tf.train.list_variables(str(workdir / "checkpoints"))
@@ -117,20 +123,26 @@ def test_multi_worker_two_processes_end_with_equal_weights(tiny_run, tmp_path):
   assert os.listdir(workdir / "train")  # the chief wrote summaries
 
 
-@pytest.mark.slow
-def test_killed_worker_is_reported_not_a_hang(tiny_run, tmp_path):
-  """Worker 1 is SIGKILLed right after step 3; the chief stops at step 4 with the
-  message docs/reliability.md gives, not a traceback or a hang."""
-  procs = _start_workers(tiny_run, tmp_path / "w", "--train_steps=100000",
+@background("killed_worker")
+def _kill_a_worker(root, data_flags):
+  """A long two-worker run whose worker 1 is SIGKILLed right after step 3 -> (what
+  each worker printed, seconds until both had ended)."""
+  start = time.time()
+  workers = _run_workers(root / "w", data_flags, "--train_steps=100000",
                          "--worker_timeout_s=15", "--eval_every=100000",
                          "--checkpoint_every=100000",
                          worker_env={train.KILL_AFTER_STEP: "3"})
-  start = time.time()
-  (_, chief_err), _ = _communicate(procs, timeout=280)
-  chief, worker = procs
-  assert worker.returncode == -signal.SIGKILL
-  assert chief.returncode == 2, chief_err[-3000:]
-  assert ("error: lost contact with another worker during step 4: " in chief_err
-          and "Restart all workers; they resume from the last checkpoint" in chief_err)
-  assert "Traceback" not in chief_err
-  assert time.time() - start < 180
+  return workers, time.time() - start
+
+
+@pytest.mark.slow
+def test_killed_worker_is_reported_not_a_hang(killed_worker):
+  """The chief stops at step 4 with the message docs/reliability.md gives, not a
+  traceback or a hang."""
+  (chief, worker), seconds = killed_worker
+  assert worker.code == -signal.SIGKILL
+  assert chief.code == 2, chief.err[-3000:]
+  assert ("error: lost contact with another worker during step 4: " in chief.err
+          and "Restart all workers; they resume from the last checkpoint" in chief.err)
+  assert "Traceback" not in chief.err
+  assert seconds < 180

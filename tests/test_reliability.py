@@ -7,7 +7,6 @@ step when CTC_TRAINER_TEST_KILL_AFTER_STEP is set (train.KILL_AFTER_STEP)."""
 import os
 import signal
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,7 +15,8 @@ import tensorflow as tf
 from ctc_trainer import distribute, train
 from ctc_trainer.checkpoints import Checkpoints
 from ctc_trainer.errors import CheckpointError
-from tests.helpers import TINY_FLAGS, build_parts, build_steps, child_env, make_batch, run_main
+from tests.helpers import (TINY_FLAGS, Ran, background, build_parts, build_steps,
+                           child_env, make_batch, run_main, run_process, start_process)
 
 
 def test_nonfinite_step_is_skipped_and_reported():
@@ -123,28 +123,36 @@ def test_full_disk_while_saving_keeps_previous_checkpoint(tmp_path, monkeypatch)
   assert fresh.latest.latest_checkpoint == first and fresh.restore("latest") == 1
 
 
-# --- whole runs in child processes: the process boundary is the point ------------------
+# --- whole runs in child processes: the process boundary is the point ----------------
+# They run as background jobs (helpers.background), started with the session.
 
-def _train_args(tiny_run, workdir, *extra):
-  return [sys.executable, "-m", "ctc_trainer.train", f"--workdir={workdir}",
-          *TINY_FLAGS, *tiny_run.data_flags, *extra]
+def _train_args(workdir, data_flags, *extra):
+  return ["-m", "ctc_trainer.train", f"--workdir={workdir}", *TINY_FLAGS, *data_flags,
+          *extra]
 
 
-def test_sigterm_saves_and_resumes(tiny_run, tmp_path):
-  workdir = tmp_path / "w"
-  args = _train_args(tiny_run, workdir, "--train_steps=400", "--checkpoint_every=1000",
-                     "--eval_every=1000")
-  proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=child_env())
+@background("sigtermed")
+def _sigterm_a_run(root, data_flags):
+  """A long run stopped by SIGTERM once under way -> (workdir, what it printed)."""
+  workdir = root / "w"
+  proc = start_process(*_train_args(workdir, data_flags, "--train_steps=400",
+                                    "--checkpoint_every=1000", "--eval_every=1000"),
+                       stderr=subprocess.PIPE)
   try:
-    for line in proc.stderr:   # the run is under way: a log line for step 4
+    for line in proc.stderr:   # under way: the log line of step 4
       if "step 4/400" in line:
         break
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
   finally:
     proc.kill()
-  assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
-  assert "stopped by SIGTERM at step" in err
+  return workdir, Ran(proc.returncode, "", err)
+
+
+def test_sigterm_saves_and_resumes(sigtermed):
+  workdir, stopped = sigtermed
+  assert stopped.code == 128 + signal.SIGTERM, stopped.err[-3000:]
+  assert "stopped by SIGTERM at step" in stopped.err
   saved = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
   step = int(saved.rsplit("-", 1)[1])
   assert 4 <= step < 400
@@ -161,27 +169,25 @@ CHAIN_FLAGS = ["--train_steps=12", "--checkpoint_every=4", "--eval_every=6",
 KILLS = (5, 8, 10)   # after an unsaved step, right after a save, after an eval
 
 
-@pytest.fixture(scope="module")
-def killed_and_straight(tiny_run, tmp_path_factory):
-  """-> (workdir of the killed run, its launches, workdir of the straight run)."""
-  root = tmp_path_factory.mktemp("kills")
+@background("killed_and_straight")
+def _kill_and_resume(root, data_flags):
+  """-> (workdir of the killed run, what each launch printed, workdir of the
+  straight run)."""
   straight_log = open(root / "straight.log", "w")
-  straight = subprocess.Popen(_train_args(tiny_run, root / "straight", *CHAIN_FLAGS),
-                              stdout=straight_log, stderr=subprocess.STDOUT,
-                              env=child_env())   # meanwhile, on the other core
+  straight = start_process(*_train_args(root / "straight", data_flags, *CHAIN_FLAGS),
+                           stdout=straight_log, stderr=subprocess.STDOUT)
   workdir, launches = root / "killed", []
   try:
     for kill_step in KILLS:
-      launches.append(subprocess.run(
-          _train_args(tiny_run, workdir, *CHAIN_FLAGS), capture_output=True, text=True,
-          timeout=280, env=child_env(**{train.KILL_AFTER_STEP: str(kill_step)})))
+      launches.append(run_process(
+          *_train_args(workdir, data_flags, *CHAIN_FLAGS), check=False,
+          env=child_env(**{train.KILL_AFTER_STEP: str(kill_step)})))
     # What a kill during the step 12 save leaves: files the `checkpoint` index does
     # not name yet. The next run must ignore them and then write over them.
     for suffix in (".index", ".data-00000-of-00001"):
       (workdir / "checkpoints" / f"ckpt-12{suffix}").write_bytes(b"cut short")
-    launches.append(subprocess.run(_train_args(tiny_run, workdir, *CHAIN_FLAGS),
-                                   capture_output=True, text=True, timeout=280,
-                                   env=child_env()))
+    launches.append(run_process(*_train_args(workdir, data_flags, *CHAIN_FLAGS),
+                                check=False))
     assert straight.wait(timeout=280) == 0, (root / "straight.log").read_text()[-3000:]
   finally:
     straight.kill()
@@ -194,16 +200,13 @@ def test_three_sigkills_then_the_run_completes(killed_and_straight):
   workdir, launches, _ = killed_and_straight
   resumed_from = [None, 4, 8, 8]   # the last checkpoint before each launch
   for launch, step, kill in zip(launches, resumed_from, KILLS + (None,)):
-    if kill:
-      assert launch.returncode == -signal.SIGKILL, launch.stderr[-3000:]
-      assert f"step {kill}/12" in launch.stderr or kill % 2
-    else:
-      assert launch.returncode == 0, launch.stderr[-3000:]
+    expected_code = -signal.SIGKILL if kill else 0
+    assert launch.code == expected_code, launch.err[-3000:]
     if step:
-      assert f"Resuming at step {step} of 12" in launch.stderr
+      assert f"Resuming at step {step} of 12" in launch.err
     else:
-      assert "Resuming" not in launch.stderr
-  assert "step 12/12" in launches[-1].stderr
+      assert "Resuming" not in launch.err
+  assert "step 12/12" in launches[-1].err
   assert tf.train.latest_checkpoint(str(workdir / "checkpoints")).endswith("ckpt-12")
   best = tf.train.latest_checkpoint(str(workdir / "best"))
   assert best is not None
