@@ -11,7 +11,8 @@ import os
 import pathlib
 import subprocess
 import sys
-from typing import Callable, Dict, List, Set, Tuple
+import threading
+from typing import Callable, Dict, List, Optional, Set, Tuple
 from unittest import mock
 
 import keras
@@ -153,25 +154,29 @@ def child_env(**extra) -> Dict[str, str]:
 
 
 _children: Set[subprocess.Popen] = set()
-_session_over = []
+_children_lock = threading.Lock()   # background jobs start children from a thread
+_session_over = threading.Event()
 
 
 def start_process(*args, env=None, **popen_kwargs) -> subprocess.Popen:
   """Starts `python ARGS` from the repository root in a child process (text mode),
   killed at the end of the session at the latest (kill_children)."""
-  if _session_over:
-    raise RuntimeError("the test session is over: no new child processes")
-  proc = subprocess.Popen([sys.executable, *map(str, args)], cwd=REPO, text=True,
-                          env=env or child_env(), **popen_kwargs)
-  _children.add(proc)
+  with _children_lock:
+    if _session_over.is_set():
+      raise RuntimeError("the test session is over: no new child processes")
+    proc = subprocess.Popen([sys.executable, *map(str, args)], cwd=REPO, text=True,
+                            env=env or child_env(), **popen_kwargs)
+    _children.add(proc)
   return proc
 
 
 def kill_children() -> None:
-  _session_over.append(True)
-  for proc in _children:
-    proc.kill()
-  _children.clear()
+  """Kills every child still running; none can be started after this."""
+  with _children_lock:
+    _session_over.set()
+    for proc in _children:
+      proc.kill()
+    _children.clear()
 
 
 def run_process(*args, env=None, check=True, timeout=280) -> Ran:
@@ -227,7 +232,7 @@ class TinyRun:
   """A run of the train CLI on the tiny synthetic set (TINY_FLAGS) for 6 steps."""
   root: pathlib.Path      # holds train/ and eval/ (the data) and run/ (the workdir)
   data_flags: List[str]   # --train_data and --eval_data
-  ran: Ran = None         # what the train command printed
+  ran: Optional[Ran] = None  # what the train command printed
 
   @property
   def workdir(self) -> pathlib.Path:
