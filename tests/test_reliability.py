@@ -19,8 +19,14 @@ from tests.helpers import (TINY_FLAGS, Ran, background, build_parts, build_steps
                            child_env, make_batch, run_main, run_process, start_process)
 
 
-def test_nonfinite_step_is_skipped_and_reported():
-  model, fns = build_steps()
+@pytest.fixture(scope="module")
+def tiny_steps():
+  """(model, step functions) of the tiny model, shared: each trace costs seconds."""
+  return build_steps()
+
+
+def test_nonfinite_step_is_skipped_and_reported(tiny_steps):
+  model, fns = tiny_steps
   good = make_batch(["abc", "de"], 32)
   fns.train_step(good)
   before = [v.numpy().copy() for v in model.trainable_variables]
@@ -62,8 +68,8 @@ def test_mixed_float16_overflow_lowers_the_loss_scale_and_skips_the_step():
     distribute.set_precision("float32")
 
 
-def test_infeasible_examples_are_reported_by_key():
-  _, fns = build_steps()
+def test_infeasible_examples_are_reported_by_key(tiny_steps):
+  _, fns = tiny_steps
   # 8 columns give 2 output frames: "abc" cannot fit, "d" can.
   batch = make_batch(["abc", "d"], 8)
   batch["input_length"] = tf.constant([8, 8])

@@ -5,8 +5,6 @@ import dataclasses
 import filecmp
 import glob
 import os
-import subprocess
-import sys
 import wave
 
 import numpy as np
@@ -18,6 +16,7 @@ from ctc_trainer.charset import Charset
 from ctc_trainer.config import (AudioConfig, Config, DataConfig, LoopConfig, ModelConfig,
                                 OptimConfig)
 from ctc_trainer.data import audio, pipeline
+from tests.helpers import run_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, "tools", "make_digit_sequences.py")
@@ -96,11 +95,11 @@ def make_clips(folder, speakers=("ann", "bob"), indices=3):
 
 
 def run_tool(*args, check=True):
-  proc = subprocess.run([sys.executable, TOOL, *args], capture_output=True, text=True,
-                        timeout=300)
-  if check and proc.returncode != 0:
-    raise AssertionError(f"make_digit_sequences failed:\n{proc.stderr[-3000:]}")
-  return proc
+  """tools/make_digit_sequences.py ARGS in a child process, as a user runs it."""
+  ran = run_process(TOOL, *args, check=False)
+  if check and ran.code != 0:
+    raise AssertionError(f"make_digit_sequences failed:\n{ran.err[-3000:]}")
+  return ran
 
 
 def read_manifest(folder):
@@ -131,7 +130,7 @@ def digits(clips, tmp_path_factory):
 
 def test_tool_labels_are_the_clips_digits_and_the_split_is_by_index(digits):
   out, proc = digits
-  assert "train: 64 utterances" in proc.stderr and "eval: 16 utterances" in proc.stderr
+  assert "train: 64 utterances" in proc.err and "eval: 16 utterances" in proc.err
   for split, count in (("train", 64), ("eval", 16)):
     folder = os.path.join(out, split)
     manifest, sources = read_manifest(folder), read_clips(folder)
@@ -165,7 +164,7 @@ def test_tool_is_deterministic_and_splits_by_speaker(clips, digits, tmp_path):
     assert {c.split("_")[1] for cs in used for c in cs} == {speaker}
   refused = run_tool(f"--source_dir={clips}", f"--output_dir={out}",
                      "--eval_max_index=0", check=False)
-  assert refused.returncode == 2 and "pass --overwrite" in refused.stderr
+  assert refused.code == 2 and "pass --overwrite" in refused.err
 
 
 def test_tool_writes_tfrecords_the_pipeline_reads(clips, tmp_path):
