@@ -11,7 +11,7 @@ import itertools
 import os
 import signal
 import time
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import keras
 import tensorflow as tf
@@ -326,8 +326,14 @@ def _log_interval(interval: _Interval, step: int, trainer: Trainer, writer,
         + ", ".join(keys["nonfinite_keys"][:5]))
 
 
-def train_and_evaluate(cfg: Config) -> Dict[str, float]:
-  """Trains to cfg.loop.train_steps, resuming from cfg.workdir; returns final eval."""
+def train_and_evaluate(cfg: Config, after_step: Optional[Callable[[int], None]] = None,
+                       ) -> Dict[str, float]:
+  """Trains to cfg.loop.train_steps, resuming from cfg.workdir; returns final eval.
+
+  after_step: testing only; called with the step number once that step is done
+  (logged, evaluated and checkpointed as scheduled). train.py wires it to a kill
+  switch so that tests stop a run at a known step.
+  """
   loop = cfg.loop
   if loop.deterministic:
     tf.config.experimental.enable_op_determinism()
@@ -391,6 +397,8 @@ def train_and_evaluate(cfg: Config) -> Dict[str, float]:
         train_writer.flush()
         raise TrainingInterrupted(stop[0], step)
       interval.start += time.time() - pause_start
+      if after_step:
+        after_step(step)
 
   # 6. A run resumed at or past its end only evaluates.
   if results is None:

@@ -23,8 +23,9 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 from absl import flags
 
 _META = "ctc_trainer"
-# Flags defined from fields, by name: what write_flags saves into WORKDIR/flags.cfg.
-_DEFINED: Dict[str, tuple] = {}
+# Flags defined from fields, per FlagValues (by id), by name -> (type, default): what
+# write_flags saves into WORKDIR/flags.cfg, and what a second declaration must match.
+_DEFINED: Dict[int, Dict[str, tuple]] = {}
 
 
 def option(default: Any, help: str, *, flag: Optional[str] = None,  # pylint: disable=redefined-builtin
@@ -70,13 +71,14 @@ def define_flags(cls, flag_values: flags.FlagValues = flags.FLAGS) -> None:
       continue
     name, meta = flag_name(field), field.metadata[_META]
     spec = (kind, field.default)
-    if name in _DEFINED:
-      if _DEFINED[name] != spec:
+    defined = _DEFINED.setdefault(id(flag_values), {})
+    if name in defined:
+      if defined[name] != spec:
         raise ValueError(f"flag --{name} is declared twice with different types or "
-                         f"defaults: {_DEFINED[name]} and {spec}")
+                         f"defaults: {defined[name]} and {spec}")
       continue
     _define(name, kind, field.default, meta, flag_values)
-    _DEFINED[name] = spec
+    defined[name] = spec
 
 
 def from_flags(cls, flag_values: flags.FlagValues = flags.FLAGS, **overrides):
@@ -93,9 +95,9 @@ def from_flags(cls, flag_values: flags.FlagValues = flags.FLAGS, **overrides):
   return cls(**values)
 
 
-def defined_flags() -> Sequence[str]:
-  """Names of every flag defined from a field so far, in definition order."""
-  return list(_DEFINED)
+def defined_flags(flag_values: flags.FlagValues = flags.FLAGS) -> Sequence[str]:
+  """Names of every flag defined from a field in flag_values, in definition order."""
+  return list(_DEFINED.get(id(flag_values), {}))
 
 
 def _define(name: str, kind, default, meta: dict, fl: flags.FlagValues) -> None:

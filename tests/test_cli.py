@@ -1,44 +1,29 @@
-"""End to end: the train and evaluate CLIs as a user runs them, in subprocesses."""
+"""End to end: the train and evaluate CLIs as a user runs them (in this process; the
+signal, kill and multi-worker tests start real processes)."""
 
 import json
 import os
-import subprocess
-import sys
+import shutil
 
 import pytest
 import tensorflow as tf
 from PIL import Image
 
-TINY = [
-    "--data_format=synthetic", "--synthetic_train_size=64", "--synthetic_eval_size=16",
-    "--synthetic_min_length=2", "--synthetic_max_length=4", "--image_height=16",
-    "--conv_filters=8,16", "--rnn_units=16", "--rnn_layers=1", "--batch_size=8",
-    "--eval_batch_size=8", "--log_every=2", "--eval_every=3", "--checkpoint_every=3",
-    "--beam_width=4",
-]
+from ctc_trainer import evaluate, train
+from tests.helpers import TINY_FLAGS, run_main
 
 
-def run(module, *args, check=True):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-  proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True,
-                        text=True, env=env, timeout=300)
-  if check and proc.returncode != 0:
-    raise AssertionError(f"{module} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-  return proc
+def train_cli(*args):
+  return run_main(train.main, *args, prog="ctc_trainer.train")
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  root = tmp_path_factory.mktemp("cli")
-  workdir = root / "run"
-  data = [f"--train_data={root / 'train'}", f"--eval_data={root / 'eval'}"]
-  first = run("ctc_trainer.train", f"--workdir={workdir}", "--train_steps=6", *TINY, *data)
-  return workdir, first
+def evaluate_cli(*args):
+  return run_main(evaluate.main, *args, prog="ctc_trainer.evaluate")
 
 
-def test_train_writes_checkpoints_summaries_and_flags(trained):
-  workdir, first = trained
-  assert "final eval: cer" in first.stdout
+def test_train_writes_checkpoints_summaries_and_flags(tiny_run):
+  workdir, ran = tiny_run.workdir, tiny_run.ran
+  assert "final eval: cer" in ran.out
   assert sorted(os.listdir(workdir / "checkpoints")) == [
       "checkpoint", "ckpt-3.data-00000-of-00001", "ckpt-3.index",
       "ckpt-6.data-00000-of-00001", "ckpt-6.index"]
@@ -54,31 +39,41 @@ def test_train_writes_checkpoints_summaries_and_flags(trained):
   assert {"eval/cer", "eval/wer", "eval/seq_accuracy", "eval/loss", "eval/beam/cer",
           "eval/greedy/cer", "eval/greedy/seq_accuracy", "eval/samples"} <= tags, tags
   assert (workdir / "charset.txt").exists()
-  assert "step 6/6" in first.stderr and "ETA" in first.stderr
+  assert "step 6/6" in ran.err and "ETA" in ran.err
 
 
-def test_rerun_from_flags_cfg_resumes_at_saved_step(trained):
-  workdir, _ = trained
-  second = run("ctc_trainer.train", f"--flagfile={workdir / 'flags.cfg'}",
-               "--train_steps=8")
-  assert "Resuming at step 6 of 8" in second.stderr
-  assert "step 8/8" in second.stderr and "step 2/8" not in second.stderr
+def test_rerun_from_flags_cfg_resumes_at_saved_step(tiny_run, tmp_path):
+  workdir = shutil.copytree(tiny_run.workdir, tmp_path / "run")
+  # The copy's flags.cfg names the original workdir; the command line wins.
+  second = train_cli(f"--flagfile={workdir / 'flags.cfg'}", f"--workdir={workdir}",
+                     "--train_steps=8")
+  assert second.code == 0, second.err[-3000:]
+  assert "Resuming at step 6 of 8" in second.err
+  assert "step 8/8" in second.err and "step 2/8" not in second.err
   assert "ckpt-8.index" in os.listdir(workdir / "checkpoints")
+  assert "ckpt-8.index" not in os.listdir(tiny_run.workdir / "checkpoints")
 
 
-def test_evaluate_cli_prints_metrics(trained):
-  workdir, _ = trained
-  text = run("ctc_trainer.evaluate", f"--workdir={workdir}").stdout
-  assert "cer" in text and "wer" in text and "seq_accuracy" in text
-  assert "(beam; greedy: cer " in text
-  metrics = json.loads(run("ctc_trainer.evaluate", f"--workdir={workdir}",
-                           "--checkpoint=best", "--json").stdout)
+def test_evaluate_cli_prints_metrics(tiny_run):
+  ran = evaluate_cli(f"--workdir={tiny_run.workdir}")
+  assert ran.code == 0, ran.err[-3000:]
+  assert ran.out.startswith("step 6: ")
+  assert "cer" in ran.out and "wer" in ran.out and "seq_accuracy" in ran.out
+  assert "(beam; greedy: cer " in ran.out
+  ran = evaluate_cli(f"--workdir={tiny_run.workdir}", "--checkpoint=best", "--json")
+  metrics = json.loads(ran.out)
   assert {"cer", "wer", "seq_accuracy"} <= set(metrics)
   # Per decoder too; the primary (--decoder's first, beam) is the headline.
   assert {f"{d}/{m}" for d in ("beam", "greedy") for m in ("cer", "wer", "seq_accuracy")
           } <= set(metrics)
   assert metrics["cer"] == metrics["beam/cer"]
   assert 0 <= metrics["seq_accuracy"] <= 1 and metrics["num_seqs"] == 16
+
+
+def test_evaluate_without_a_trained_run_fails_with_one_line(tmp_path):
+  ran = evaluate_cli(f"--workdir={tmp_path}")
+  assert ran.code == 2
+  assert f"error: {tmp_path}/flags.cfg not found" in ran.err
 
 
 @pytest.mark.parametrize("flag, message", [
@@ -89,11 +84,10 @@ def test_evaluate_cli_prints_metrics(trained):
 def test_bad_flags_fail_before_work_with_one_message(tmp_path, flag, message):
   manifest = tmp_path / "m.tsv"
   manifest.write_text("")
-  proc = run("ctc_trainer.train", f"--workdir={tmp_path / 'w'}", "--data_format=tsv",
-             f"--train_data={manifest}", f"--eval_data={manifest}", flag, check=False)
-  assert proc.returncode != 0
-  assert message in proc.stderr
-  assert "Traceback" not in proc.stderr
+  ran = train_cli(f"--workdir={tmp_path / 'w'}", "--data_format=tsv",
+                  f"--train_data={manifest}", f"--eval_data={manifest}", flag)
+  assert ran.code != 0
+  assert message in ran.err
   assert not (tmp_path / "w" / "checkpoints").exists()
 
 
@@ -110,29 +104,28 @@ def _write_manifest(tmp_path, rows):
 def test_bad_data_gives_clear_error_naming_the_file(tmp_path):
   manifest = _write_manifest(tmp_path, [("a.png", "ab"), ("b.png", "ba")])
   (tmp_path / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-  proc = run("ctc_trainer.train", f"--workdir={tmp_path / 'w'}", "--data_format=tsv",
-             f"--train_data={manifest}", f"--eval_data={manifest}", "--train_steps=2",
-             *TINY[5:], check=False)
-  assert proc.returncode == 2, proc.stderr[-2000:]
-  assert "b.png" in proc.stderr and "Traceback" not in proc.stderr
+  ran = train_cli(f"--workdir={tmp_path / 'w'}", "--data_format=tsv",
+                  f"--train_data={manifest}", f"--eval_data={manifest}",
+                  "--train_steps=2", *TINY_FLAGS[5:])
+  assert ran.code == 2, ran.err[-2000:]
+  assert "error: " in ran.err and "b.png" in ran.err
 
 
 def test_out_of_charset_label_names_file_and_line(tmp_path):
   manifest = _write_manifest(tmp_path, [("a.png", "ab"), ("b.png", "bé")])
   charset = tmp_path / "charset.txt"
   charset.write_text("a\nb\n", encoding="utf-8")
-  proc = run("ctc_trainer.train", f"--workdir={tmp_path / 'w'}", "--data_format=tsv",
-             f"--train_data={manifest}", f"--eval_data={manifest}", "--train_steps=2",
-             f"--charset={charset}", *TINY[5:], check=False)
-  assert proc.returncode == 2
-  assert "m.tsv:2" in proc.stderr and "'é'" in proc.stderr
-  assert "Traceback" not in proc.stderr
+  ran = train_cli(f"--workdir={tmp_path / 'w'}", "--data_format=tsv",
+                  f"--train_data={manifest}", f"--eval_data={manifest}",
+                  "--train_steps=2", f"--charset={charset}", *TINY_FLAGS[5:])
+  assert ran.code == 2
+  assert "m.tsv:2" in ran.err and "'é'" in ran.err
 
 
-def test_input_only_reports_throughput_without_training(tmp_path):
-  proc = run("ctc_trainer.train", f"--workdir={tmp_path / 'w'}", "--input_only",
-             "--train_steps=5", f"--train_data={tmp_path / 'train'}",
-             f"--eval_data={tmp_path / 'eval'}", *TINY)
-  assert "input only:" in proc.stdout and "examples/s" in proc.stdout
-  assert "padding efficiency" in proc.stdout
+def test_input_only_reports_throughput_without_training(tiny_run, tmp_path):
+  ran = train_cli(f"--workdir={tmp_path / 'w'}", "--input_only", "--train_steps=5",
+                  *tiny_run.data_flags, *TINY_FLAGS)
+  assert ran.code == 0, ran.err[-3000:]
+  assert "input only:" in ran.out and "examples/s" in ran.out
+  assert "padding efficiency" in ran.out
   assert not (tmp_path / "w" / "checkpoints").exists()

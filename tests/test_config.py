@@ -82,7 +82,7 @@ def test_a_flag_declared_twice_differently_is_refused():
     batch_size: int = option(7, "Another default for an existing flag.")
 
   with pytest.raises(ValueError, match="--batch_size is declared twice"):
-    options.define_flags(Clash, flags.FlagValues())
+    options.define_flags(Clash)   # the global flags, where --batch_size is 32
 
 
 def test_tuple_options_round_trip(tmp_path):

@@ -1,24 +1,33 @@
-"""Reliability: non-finite guard, checkpoint fallbacks, signals, kills, exact resume."""
+"""Reliability: non-finite guard, loss-scale overflow, checkpoint fallbacks, signals,
+kills and exact resume.
+
+Kills are deterministic: the train entry point SIGKILLs itself right after a chosen
+step when CTC_TRAINER_TEST_KILL_AFTER_STEP is set (train.KILL_AFTER_STEP)."""
 
 import os
-import random
+import re
 import signal
 import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from ctc_trainer import distribute, train
 from ctc_trainer.checkpoints import Checkpoints
 from ctc_trainer.errors import CheckpointError
-from tests.helpers import build_steps, make_batch
-from tests.test_cli import TINY, run
+from tests.helpers import (TINY_FLAGS, Ran, background, build_parts, build_steps,
+                           child_env, make_batch, run_main, run_process, start_process)
 
 
-def test_nonfinite_step_is_skipped_and_reported():
-  model, fns = build_steps()
+@pytest.fixture(scope="module")
+def tiny_steps():
+  """(model, step functions) of the tiny model, shared: each trace costs seconds."""
+  return build_steps()
+
+
+def test_nonfinite_step_is_skipped_and_reported(tiny_steps):
+  model, fns = tiny_steps
   good = make_batch(["abc", "de"], 32)
   fns.train_step(good)
   before = [v.numpy().copy() for v in model.trainable_variables]
@@ -33,14 +42,58 @@ def test_nonfinite_step_is_skipped_and_reported():
   assert float(out["skipped"]) == 0.0 and out["nonfinite_keys"].shape == (0,)
 
 
-def test_infeasible_examples_are_reported_by_key():
-  _, fns = build_steps()
+def test_mixed_float16_overflow_lowers_the_loss_scale_and_skips_the_step():
+  """A loss scale of 2^40 overflows the float16 backward pass: the loss-scale
+  optimizer halves its scale and leaves the weights alone, and the step is counted
+  as skipped, until the scale is low enough for an update."""
+  distribute.set_precision("mixed_float16")
+  try:
+    model, optimizer, fns = build_parts(loss_scale=True, initial_scale=2.0**40)
+    batch = make_batch(["abc", "hgf", "aab", "d"], 32)
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    out = fns.train_step(batch)
+    assert float(out["skipped"]) == 1.0
+    assert float(optimizer.dynamic_scale) == 2.0**39
+    assert out["nonfinite_keys"].numpy().tolist() == [b"k0", b"k1", b"k2", b"k3"]
+    assert float(out["loss_sum"]) == 0.0  # a skipped step adds nothing to the mean
+    for b, v in zip(before, model.trainable_variables):
+      np.testing.assert_array_equal(b, v.numpy())
+    skipped = [float(fns.train_step(batch)["skipped"]) for _ in range(40)]
+    assert 0.0 in skipped, "the scale never came down far enough for an update"
+    first_update = skipped.index(0.0)
+    assert all(s == 1.0 for s in skipped[:first_update])
+    assert float(optimizer.dynamic_scale) == 2.0**(39 - first_update)  # halved each
+    assert any(not np.array_equal(b, v.numpy())
+               for b, v in zip(before, model.trainable_variables))
+  finally:
+    distribute.set_precision("float32")
+
+
+def test_infeasible_examples_are_reported_by_key(tiny_steps):
+  _, fns = tiny_steps
   # 8 columns give 2 output frames: "abc" cannot fit, "d" can.
   batch = make_batch(["abc", "d"], 8)
   batch["input_length"] = tf.constant([8, 8])
   out = fns.train_step(batch)
   assert out["infeasible_keys"].numpy().tolist() == [b"k0"]
   assert float(out["infeasible"]) == 1.0 and np.isfinite(float(out["loss_sum"]))
+
+
+def test_max_nonfinite_steps_stops_the_run(tiny_run, tmp_path):
+  """A learning rate of 1e30 makes the weights non-finite after a step; every later
+  step is skipped, and the third in a row stops the run with one message."""
+  ran = run_main(train.main, f"--workdir={tmp_path / 'w'}", *TINY_FLAGS,
+                 *tiny_run.data_flags, "--learning_rate=1e30", "--train_steps=20",
+                 "--max_nonfinite_steps=3", "--log_every=2", "--eval_every=100",
+                 prog="ctc_trainer.train")
+  assert ran.code == 2, ran.err[-3000:]
+  stopped = re.search(r"error: 3 consecutive steps had a non-finite loss or gradient "
+                      r"\(limit --max_nonfinite_steps=3\); stopping at step (\d+)\.",
+                      ran.err)
+  assert stopped, ran.err[-3000:]
+  assert int(stopped[1]) < 20   # checked at a log interval, long before the end
+  assert "steps skipped for a non-finite loss or gradient" in ran.err
+  assert "final eval" not in ran.out
 
 
 def _checkpoints(tmp_path):
@@ -80,86 +133,107 @@ def test_full_disk_while_saving_keeps_previous_checkpoint(tmp_path, monkeypatch)
   assert fresh.latest.latest_checkpoint == first and fresh.restore("latest") == 1
 
 
-# --- whole runs in subprocesses -------------------------------------------------------
+# --- whole runs in child processes: the process boundary is the point ----------------
+# They run as background jobs (helpers.background), started with the session.
 
-def _train_cmd(root, workdir, *extra):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-  args = [sys.executable, "-m", "ctc_trainer.train", f"--workdir={workdir}",
-          f"--train_data={root / 'train'}", f"--eval_data={root / 'eval'}", *TINY,
+def _train_args(workdir, data_flags, *extra):
+  return ["-m", "ctc_trainer.train", f"--workdir={workdir}", *TINY_FLAGS, *data_flags,
           *extra]
-  return args, env
 
 
-def _wait_for_line(proc, needle, timeout=180):
-  deadline = time.time() + timeout
-  for line in proc.stderr:
-    if needle in line:
-      return
-    if time.time() > deadline:
-      break
-  raise AssertionError(f"never saw {needle!r}")
+@background("sigtermed")
+def _sigterm_a_run(root, data_flags):
+  """A long run stopped by SIGTERM once under way -> (workdir, what it printed)."""
+  workdir = root / "w"
+  proc = start_process(*_train_args(workdir, data_flags, "--train_steps=400",
+                                    "--checkpoint_every=1000", "--eval_every=1000"),
+                       stderr=subprocess.PIPE)
+  try:
+    for line in proc.stderr:   # under way: the log line of step 4
+      if "step 4/400" in line:
+        break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+  finally:
+    proc.kill()
+  return workdir, Ran(proc.returncode, "", err)
 
 
-def test_sigterm_saves_and_resumes(tmp_path):
-  args, env = _train_cmd(tmp_path, tmp_path / "w", "--train_steps=400",
-                         "--checkpoint_every=1000", "--eval_every=1000")
-  proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env)
-  _wait_for_line(proc, "step 4/400")
-  proc.send_signal(signal.SIGTERM)
-  proc.communicate(timeout=120)
-  assert proc.returncode == 128 + signal.SIGTERM
-  saved = tf.train.latest_checkpoint(str(tmp_path / "w" / "checkpoints"))
+def test_sigterm_saves_and_resumes(sigtermed):
+  workdir, stopped = sigtermed
+  assert stopped.code == 128 + signal.SIGTERM, stopped.err[-3000:]
+  assert "stopped by SIGTERM at step" in stopped.err
+  saved = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
   step = int(saved.rsplit("-", 1)[1])
   assert 4 <= step < 400
-  resumed = run("ctc_trainer.train", f"--flagfile={tmp_path / 'w' / 'flags.cfg'}",
-                "--train_steps=" + str(step + 2))
-  assert f"Resuming at step {step} of {step + 2}" in resumed.stderr
+  resumed = run_main(train.main, f"--flagfile={workdir / 'flags.cfg'}",
+                     f"--train_steps={step + 2}", prog="ctc_trainer.train")
+  assert resumed.code == 0, resumed.err[-3000:]
+  assert f"Resuming at step {step} of {step + 2}" in resumed.err
+
+
+# One straight run, and the same run killed three times and resumed; both with
+# --deterministic, dropout and shuffling, so that the end states can be compared.
+CHAIN_FLAGS = ["--train_steps=12", "--checkpoint_every=4", "--eval_every=6",
+               "--deterministic", "--dropout=0.2", "--shuffle_buffer=16"]
+KILLS = (5, 8, 10)   # after an unsaved step, right after a save, after an eval
+
+
+@background("killed_and_straight")
+def _kill_and_resume(root, data_flags):
+  """-> (workdir of the killed run, what each launch printed, workdir of the
+  straight run)."""
+  straight_log = open(root / "straight.log", "w")
+  straight = start_process(*_train_args(root / "straight", data_flags, *CHAIN_FLAGS),
+                           stdout=straight_log, stderr=subprocess.STDOUT)
+  workdir, launches = root / "killed", []
+  try:
+    for kill_step in KILLS:
+      launches.append(run_process(
+          *_train_args(workdir, data_flags, *CHAIN_FLAGS), check=False,
+          env=child_env(**{train.KILL_AFTER_STEP: str(kill_step)})))
+    # What a kill during the step 12 save leaves: files the `checkpoint` index does
+    # not name yet. The next run must ignore them and then write over them.
+    for suffix in (".index", ".data-00000-of-00001"):
+      (workdir / "checkpoints" / f"ckpt-12{suffix}").write_bytes(b"cut short")
+    launches.append(run_process(*_train_args(workdir, data_flags, *CHAIN_FLAGS),
+                                check=False))
+    assert straight.wait(timeout=280) == 0, (root / "straight.log").read_text()[-3000:]
+  finally:
+    straight.kill()
+    straight_log.close()
+  return workdir, launches, root / "straight"
 
 
 @pytest.mark.slow
-def test_three_sigkills_then_the_run_completes(tmp_path):
-  workdir = tmp_path / "w"
-  args, env = _train_cmd(tmp_path, workdir, "--train_steps=40", "--checkpoint_every=4",
-                         "--eval_every=8")
-  rng = random.Random(0)
-  for _ in range(3):
-    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env)
-    _wait_for_line(proc, "step ")
-    time.sleep(rng.uniform(0.0, 2.0))  # anywhere: mid-step, mid-eval, mid-save
-    proc.kill()
-    proc.wait()
-  final = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
-  assert final.returncode == 0, final.stderr[-2000:]
-  assert "step 40/40" in final.stderr
-  assert tf.train.latest_checkpoint(str(workdir / "checkpoints")).endswith("ckpt-40")
+def test_three_sigkills_then_the_run_completes(killed_and_straight):
+  workdir, launches, _ = killed_and_straight
+  resumed_from = [None, 4, 8, 8]   # the last checkpoint before each launch
+  for launch, step, kill in zip(launches, resumed_from, KILLS + (None,)):
+    expected_code = -signal.SIGKILL if kill else 0
+    assert launch.code == expected_code, launch.err[-3000:]
+    if step:
+      assert f"Resuming at step {step} of 12" in launch.err
+    else:
+      assert "Resuming" not in launch.err
+  assert "step 12/12" in launches[-1].err
+  assert tf.train.latest_checkpoint(str(workdir / "checkpoints")).endswith("ckpt-12")
   best = tf.train.latest_checkpoint(str(workdir / "best"))
   assert best is not None
   assert any(name.startswith("model/") for name, _ in tf.train.list_variables(best))
 
 
 @pytest.mark.slow
-def test_deterministic_resume_equals_uninterrupted_run(tmp_path):
-  common = ["--train_steps=12", "--checkpoint_every=4", "--eval_every=6",
-            "--deterministic", "--dropout=0.2", "--shuffle_buffer=16"]
-  args, env = _train_cmd(tmp_path, tmp_path / "straight", *common)
-  subprocess.run(args, check=True, capture_output=True, env=env, timeout=300)
-
-  args, env = _train_cmd(tmp_path, tmp_path / "broken", *common)
-  proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env)
-  _wait_for_line(proc, "step 6/12")
-  proc.kill()
-  proc.wait()
-  assert tf.train.latest_checkpoint(str(tmp_path / "broken" / "checkpoints"))
-  resumed = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
-  assert "Resuming at step" in resumed.stderr, resumed.stderr[-2000:]
-
-  straight = tf.train.load_checkpoint(str(tmp_path / "straight" / "checkpoints"))
-  broken = tf.train.load_checkpoint(str(tmp_path / "broken" / "checkpoints"))
-  names = [n for n, _ in tf.train.list_variables(str(tmp_path / "straight" / "checkpoints"))
+def test_deterministic_resume_equals_uninterrupted_run(killed_and_straight):
+  workdir, _, straight_dir = killed_and_straight
+  straight = tf.train.load_checkpoint(str(straight_dir / "checkpoints"))
+  killed = tf.train.load_checkpoint(str(workdir / "checkpoints"))
+  assert tf.train.latest_checkpoint(str(straight_dir / "checkpoints")).endswith("ckpt-12")
+  names = [n for n, _ in tf.train.list_variables(str(straight_dir / "checkpoints"))
            if n.startswith(("model/", "rng/", "optimizer/"))]
   assert len(names) > 10
   for name in names:
-    np.testing.assert_array_equal(straight.get_tensor(name), broken.get_tensor(name),
+    np.testing.assert_array_equal(straight.get_tensor(name), killed.get_tensor(name),
                                   err_msg=name)
 
 

@@ -5,19 +5,18 @@ import dataclasses
 import filecmp
 import glob
 import os
-import subprocess
-import sys
 import wave
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from ctc_trainer import config, ctc, export, loop, models
+from ctc_trainer import config, export, loop, metrics, models
 from ctc_trainer.charset import Charset
 from ctc_trainer.config import AudioConfig, Config, DataConfig, LoopConfig, OptimConfig
 from ctc_trainer.data import audio, pipeline
 from ctc_trainer.models.speech import DS2Config
+from tests.helpers import run_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, "tools", "make_digit_sequences.py")
@@ -96,11 +95,11 @@ def make_clips(folder, speakers=("ann", "bob"), indices=3):
 
 
 def run_tool(*args, check=True):
-  proc = subprocess.run([sys.executable, TOOL, *args], capture_output=True, text=True,
-                        timeout=300)
-  if check and proc.returncode != 0:
-    raise AssertionError(f"make_digit_sequences failed:\n{proc.stderr[-3000:]}")
-  return proc
+  """tools/make_digit_sequences.py ARGS in a child process, as a user runs it."""
+  ran = run_process(TOOL, *args, check=False)
+  if check and ran.code != 0:
+    raise AssertionError(f"make_digit_sequences failed:\n{ran.err[-3000:]}")
+  return ran
 
 
 def read_manifest(folder):
@@ -131,7 +130,7 @@ def digits(clips, tmp_path_factory):
 
 def test_tool_labels_are_the_clips_digits_and_the_split_is_by_index(digits):
   out, proc = digits
-  assert "train: 64 utterances" in proc.stderr and "eval: 16 utterances" in proc.stderr
+  assert "train: 64 utterances" in proc.err and "eval: 16 utterances" in proc.err
   for split, count in (("train", 64), ("eval", 16)):
     folder = os.path.join(out, split)
     manifest, sources = read_manifest(folder), read_clips(folder)
@@ -165,7 +164,7 @@ def test_tool_is_deterministic_and_splits_by_speaker(clips, digits, tmp_path):
     assert {c.split("_")[1] for cs in used for c in cs} == {speaker}
   refused = run_tool(f"--source_dir={clips}", f"--output_dir={out}",
                      "--eval_max_index=0", check=False)
-  assert refused.returncode == 2 and "pass --overwrite" in refused.stderr
+  assert refused.code == 2 and "pass --overwrite" in refused.err
 
 
 def test_tool_writes_tfrecords_the_pipeline_reads(clips, tmp_path):
@@ -231,38 +230,34 @@ def test_train_evaluates_and_checkpoints_audio(trained):
   assert again["cer"] == pytest.approx(results["cer"])
 
 
-def serve_wavs(trainer, wav_bytes):
-  """WAV bytes [B] -> beam texts [B], through audio.featurize_batch (serving's path)."""
-  inputs, input_length = audio.featurize_batch(tf.constant(wav_bytes),
-                                               trainer.cfg.data.audio)
-  logits = trainer.model(inputs, input_length=input_length, training=False)
-  paths, _ = ctc.beam_search_decode(logits, trainer.model.output_length(input_length),
-                                    trainer.cfg.loop.beam_width)
-  return [t.decode() for t in trainer.charset.decode(paths[0]).numpy()]
-
-
-def test_wav_bytes_transcribe_as_evaluation_decodes(trained):
-  """Serving preprocessing (featurize_batch, one padded batch) gives the eval step's
-  transcriptions (pipeline preprocessing, its own batches)."""
+@pytest.fixture(scope="module")
+def evaluated(trained):
+  """The checkpoint's beam transcription of each eval WAV by the eval step: the
+  strings that loop.evaluate, and so the evaluate CLI, scores -> {path: text}."""
   cfg, _ = trained
-  trainer = loop.setup(cfg, for_training=False)
-  trainer.checkpoints.restore("latest", expect_partial=True)
-  expected = {}
+  trainer, _ = loop.restore_trained(cfg, "latest")
+  texts = {}
   for batch in pipeline.make_dataset(cfg.data, trainer.charset, "eval"):
     _, decoded = trainer.steps.eval_step(batch)
-    expected.update(zip([k.decode() for k in batch["key"].numpy()],
-                        [t.decode() for t in decoded["beam"].numpy()]))
-  paths = sorted(expected)
-  blobs = [open(p, "rb").read() for p in paths]
-  assert serve_wavs(trainer, blobs) == [expected[p] for p in paths]
+    texts.update(zip([k.decode() for k in batch["key"].numpy()],
+                     [t.decode() for t in decoded["beam"].numpy()]))
+  return texts
 
 
-def test_export_serves_wav_bytes(trained, tmp_path):
-  cfg, _ = trained
-  trainer = loop.setup(cfg, for_training=False)
-  trainer.checkpoints.restore("latest", expect_partial=True)
-  export.export(trainer, str(tmp_path / "export"))
+def test_export_serves_wav_bytes_as_evaluation_decodes(trained, evaluated, tmp_path):
+  """The exported SavedModel, given WAV bytes, transcribes each eval utterance as the
+  eval step did, so its CER is the one evaluation reported; the export's own parity
+  gate agrees."""
+  cfg, results = trained
+  parity = export.export_checkpoint(cfg, str(tmp_path / "export"))
+  assert parity.ok and parity.num_samples == 16, parity.describe()
   serve = export.serving_fn(export.load(str(tmp_path / "export")))
-  paths = sorted(glob.glob(os.path.join(os.path.dirname(cfg.data.eval_data), "*.wav")))
-  got = [t.text for t in export.transcribe_files(serve, paths, batch_size=8)]
-  assert got == serve_wavs(trainer, [open(p, "rb").read() for p in paths])
+  paths = sorted(evaluated)
+  # Batches of 5, not eval's 8: padding must not change a transcription.
+  served = [t.text for t in export.transcribe_files(serve, paths, batch_size=5)]
+  assert served == [evaluated[p] for p in paths]
+  assert any(served), "an all-empty output would make this test vacuous"
+  labels = dict(read_manifest(os.path.dirname(cfg.data.eval_data)))
+  sums = metrics.batch_sums(tf.constant(served),
+                            tf.constant([labels[os.path.basename(p)] for p in paths]))
+  assert metrics.results(sums)["cer"] == pytest.approx(results["cer"], abs=1e-9)
