@@ -6,7 +6,8 @@ import sys
 
 from absl import flags, logging
 
-from ctc_trainer import config, options
+# config defines the flags that write_flags saves.
+from ctc_trainer import config, options  # noqa: F401
 from ctc_trainer.errors import ConfigError, UserError
 
 FLAGS_FILE = "flags.cfg"

@@ -100,12 +100,12 @@ class ServingModule(tf.Module):
         tf.TensorSpec([None], tf.int32, name="input_length")])
 
   @classmethod
-  def from_trainer(cls, trainer: loop.Trainer, top_k: Optional[int] = None,
+  def from_run(cls, run: loop.Run, top_k: Optional[int] = None,
                    input_scale: float = 1.0) -> "ServingModule":
-    """Serves a (restored) trainer's model with its charset, image settings, primary
+    """Serves a (restored) run's model with its charset, image settings, primary
     decoder and beam width, so the export decodes exactly as evaluation does."""
-    cfg = trainer.cfg
-    return cls(trainer.model, trainer.charset, cfg.data, cfg.loop.beam_width, top_k,
+    cfg = run.cfg
+    return cls(run.model, run.charset, cfg.data, cfg.loop.beam_width, top_k,
                input_scale, decoder=cfg.loop.decoder[0])
 
   def signatures(self) -> Dict[str, tf.types.experimental.ConcreteFunction]:
@@ -148,15 +148,15 @@ class ServingModule(tf.Module):
 
 # --- saving and loading ------------------------------------------------------------
 
-def export(source: Union[loop.Trainer, ServingModule], export_dir: str,
+def export(source: Union[loop.Run, ServingModule], export_dir: str,
            top_k: Optional[int] = None) -> str:
-  """Saves `source` (a restored Trainer, or a ServingModule) as a SavedModel.
+  """Saves `source` (a restored Run, or a ServingModule) as a SavedModel.
 
   export_dir is written in place; `export_checkpoint` is the gated, atomic version.
   Returns export_dir.
   """
   module = source if isinstance(source, ServingModule) else (
-      ServingModule.from_trainer(source, top_k))
+      ServingModule.from_run(source, top_k))
   tf.saved_model.save(module, export_dir, signatures=module.signatures())
   return export_dir
 
@@ -343,7 +343,7 @@ class Parity:
     return text + (f", first: {self.first_different}" if self.first_different else "")
 
 
-def check_parity(trainer: loop.Trainer, serve: ServeFn, samples: sources.Source,
+def check_parity(run: loop.Run, serve: ServeFn, samples: sources.Source,
                  limit: int = 0) -> Parity:
   """Compares the checkpoint's eval step with `serve` (the encoded bytes the eval
   pipeline read, through the exported preprocessing) on the same examples (the first
@@ -353,10 +353,10 @@ def check_parity(trainer: loop.Trainer, serve: ServeFn, samples: sources.Source,
   Files the pipeline drops (policy 'skip') are left out of both; with policy 'error'
   an undecodable file raises a DataError naming it.
   """
-  cfg = trainer.cfg
+  cfg = run.cfg
   primary = cfg.loop.decoder[0]
   sums, paths, labels, expected, encoded = {}, [], [], [], []
-  for batch, batch_sums, decoded in loop.eval_batches(trainer, samples, limit=limit,
+  for batch, batch_sums, decoded in loop.eval_batches(run, samples, limit=limit,
                                                       keep_encoded=True):
     encoded += list(batch["encoded"].numpy())
     sums = metrics.add_sums(sums, batch_sums)
@@ -398,17 +398,17 @@ def export_checkpoint(cfg: Config, export_dir: str, which: str = "latest",
   if os.path.exists(export_dir) and not tf.saved_model.contains_saved_model(export_dir):
     raise ExportError(f"--export_dir={export_dir} exists and is not a "
                             "SavedModel; refusing to overwrite it")
-  trainer, step = loop.restore_trained(cfg, which)
-  samples = sources.load_samples(cfg.data, "eval", trainer.charset)
+  run, step = loop.restore_trained(cfg, which)
+  samples = sources.load_samples(cfg.data, "eval", run.charset)
 
   parent = os.path.dirname(export_dir)
   os.makedirs(parent, exist_ok=True)
   staging = tempfile.mkdtemp(prefix=f".{os.path.basename(export_dir)}.tmp-", dir=parent)
   try:
-    module = ServingModule.from_trainer(trainer, top_k, input_scale)
+    module = ServingModule.from_run(run, top_k, input_scale)
     export(module, staging)
     logging.info("Exported step %d to %s; checking parity", step, staging)
-    parity = check_parity(trainer, serving_fn(load(staging)), samples, parity_samples)
+    parity = check_parity(run, serving_fn(load(staging)), samples, parity_samples)
     if parity.ok:
       _write_info(staging, cfg, which, step, module, parity)
       _replace_dir(staging, export_dir)

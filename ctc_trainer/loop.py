@@ -24,7 +24,7 @@ from ctc_trainer.config import Config, OptimConfig
 from ctc_trainer.errors import (CheckpointError, DataError, NonFiniteError,
                                 TrainingInterrupted)
 from ctc_trainer.data import failures, modalities, pipeline, sources, throughput
-from ctc_trainer.steps import Steps, decoder_sums, make_steps
+from ctc_trainer.steps import StepFns, decoder_sums, make_step_fns
 
 CHARSET_FILE = "charset.txt"
 
@@ -79,18 +79,19 @@ def make_optimizer(cfg: OptimConfig, train_steps: int) -> keras.optimizers.Optim
 
 
 @dataclasses.dataclass
-class Trainer:
-  """Everything a run holds: built once by `setup`, used by train and eval."""
+class Run:
+  """The parts of a run, built once by `build_run`: what train_and_evaluate trains and
+  evaluate, export and predict restore. It holds; it does not train."""
   cfg: Config
   charset: Charset
   strategy: tf.distribute.Strategy
   model: keras.Model
   optimizer: Optional[keras.optimizers.Optimizer]
   checkpoints: Checkpoints
-  steps: Steps
+  step_fns: StepFns
 
 
-def setup(cfg: Config, for_training: bool = True) -> Trainer:
+def build_run(cfg: Config, for_training: bool = True) -> Run:
   # The strategy first: multi-worker collectives must be set up before any op runs.
   strategy = distribute.make_strategy(cfg.loop.strategy, cfg.loop.worker_timeout_s)
   charset = load_charset(cfg)
@@ -109,25 +110,25 @@ def setup(cfg: Config, for_training: bool = True) -> Trainer:
                             cfg.loop.keep_checkpoints, model, optimizer=optimizer)
   signature = pipeline.batch_signature(cfg.data.image_channels, cfg.data.image_height,
                                        input_shape)
-  steps = make_steps(model, optimizer, charset, strategy,
-                     distribute.distributed_spec(strategy, signature),
-                     global_batch_size=cfg.data.batch_size, clip_norm=cfg.optim.clip_norm,
-                     beam_width=cfg.loop.beam_width, jit_compile=cfg.loop.jit_compile,
-                     decoder_names=cfg.loop.decoder)
-  return Trainer(cfg, charset, strategy, model, optimizer, checkpoints, steps)
+  step_fns = make_step_fns(
+      model, optimizer, charset, strategy, distribute.distributed_spec(strategy, signature),
+      global_batch_size=cfg.data.batch_size, clip_norm=cfg.optim.clip_norm,
+      beam_width=cfg.loop.beam_width, jit_compile=cfg.loop.jit_compile,
+      decoder_names=cfg.loop.decoder)
+  return Run(cfg, charset, strategy, model, optimizer, checkpoints, step_fns)
 
 
-def make_iterator(trainer: Trainer, split: str, samples: sources.Source, **options):
+def make_iterator(run: Run, split: str, samples: sources.Source, **options):
   """An iterator over `split` batches. On the default strategy it is a plain tf.data
   iterator, which checkpoints its position; under a distribution strategy each
   worker reads its own shard through an InputContext (position not checkpointed).
   options: further make_dataset arguments (limit, keep_encoded)."""
   make = lambda context: pipeline.make_dataset(
-      trainer.cfg.data, trainer.charset, split, input_context=context, samples=samples,
+      run.cfg.data, run.charset, split, input_context=context, samples=samples,
       **options)
-  if not distribute.is_distributed(trainer.strategy):
+  if not distribute.is_distributed(run.strategy):
     return iter(make(None))
-  return iter(trainer.strategy.distribute_datasets_from_function(make))
+  return iter(run.strategy.distribute_datasets_from_function(make))
 
 
 def _next_batch(iterator, samples, cfg):
@@ -143,28 +144,28 @@ def _next_batch(iterator, samples, cfg):
 DECODER_METRICS = ("cer", "wer", "seq_accuracy")   # reported per decoder
 
 
-def eval_batches(trainer: Trainer, samples: sources.Source, max_batches: int = 0,
+def eval_batches(run: Run, samples: sources.Source, max_batches: int = 0,
                  **options) -> Iterator[Tuple[dict, dict, dict]]:
   """The one eval loop (evaluate, and export's parity gate): yields, per eval batch
   (at most max_batches when > 0), (batch, eval_step's metric sums, its decoded
   strings per decoder). options: make_dataset's limit and keep_encoded; the batch
   keeps its `encoded` bytes, which eval_step does not take."""
-  iterator = make_iterator(trainer, "eval", samples, **options)
+  iterator = make_iterator(run, "eval", samples, **options)
   for index in itertools.count():
     if index == max_batches > 0:
       return
     try:
-      batch = _next_batch(iterator, samples, trainer.cfg.data)
+      batch = _next_batch(iterator, samples, run.cfg.data)
     except StopIteration:
       return
     encoded = batch.pop("encoded", None)
-    batch_sums, decoded = trainer.steps.eval_step(batch)
+    batch_sums, decoded = run.step_fns.eval_step(batch)
     if encoded is not None:
       batch["encoded"] = encoded
     yield batch, batch_sums, decoded
 
 
-def evaluate(trainer: Trainer, eval_samples: sources.Source,
+def evaluate(run: Run, eval_samples: sources.Source,
              ) -> Tuple[Dict[str, float], Optional[dict], Optional[dict]]:
   """One pass over the eval set -> (metrics, first batch, its decoded samples).
 
@@ -173,13 +174,13 @@ def evaluate(trainer: Trainer, eval_samples: sources.Source,
   primary first. Sums stay tensors until the end: one host sync per eval, not one
   per batch.
   """
-  cfg = trainer.cfg
+  cfg = run.cfg
   sums, first_batch, first_samples = {}, None, None
   for index, (batch, batch_sums, samples) in enumerate(
-      eval_batches(trainer, eval_samples, cfg.loop.eval_max_batches)):
+      eval_batches(run, eval_samples, cfg.loop.eval_max_batches)):
     sums = metrics.add_sums(sums, batch_sums)
     if index == 0:
-      first_replica = lambda v: trainer.strategy.experimental_local_results(v)[0]
+      first_replica = lambda v: run.strategy.experimental_local_results(v)[0]
       first_batch, first_samples = tf.nest.map_structure(first_replica, batch), samples
   if not sums:
     raise DataError(f"the eval set {cfg.data.eval_data} yielded no batch")
@@ -205,18 +206,18 @@ def format_eval(results: Dict[str, float]) -> str:
   return f"{line}  ({names[0]}{others}; {int(results['num_seqs'])} sequences)"
 
 
-def _eval_and_report(trainer: Trainer, eval_samples, writer, step: int) -> Dict[str, float]:
+def _eval_and_report(run: Run, eval_samples, writer, step: int) -> Dict[str, float]:
   start = time.time()
-  results, batch, samples = evaluate(trainer, eval_samples)
+  results, batch, samples = evaluate(run, eval_samples)
   logging.info("eval step %d: %s [%.1fs]", step, format_eval(results), time.time() - start)
-  names = trainer.cfg.loop.decoder
+  names = run.cfg.loop.decoder
   summaries.write_scalars(writer, step, "eval", {
       k: results[k] for k in (*DECODER_METRICS, "loss",
                               *(f"{n}/{m}" for n in names for m in DECODER_METRICS))})
   summaries.write_samples(writer, step, "eval", batch, samples, names,
-                          trainer.cfg.loop.num_text_samples,
-                          trainer.cfg.loop.num_image_samples,
-                          modalities.get(trainer.cfg.data).preview)
+                          run.cfg.loop.num_text_samples,
+                          run.cfg.loop.num_image_samples,
+                          modalities.get(run.cfg.data).preview)
   writer.flush()
   return results
 
@@ -290,18 +291,18 @@ def train_scalars(host: Dict[str, float], steps: int, elapsed: float,
   }
 
 
-def _log_interval(interval: _Interval, step: int, trainer: Trainer, writer,
+def _log_interval(interval: _Interval, step: int, run: Run, writer,
                   progress: Tuple[float, int]) -> None:
   """Reads an interval once: console line, train/* scalars, bad-batch reports.
 
   Raises NonFiniteError when --max_nonfinite_steps steps in a row were skipped.
   """
-  loop = trainer.cfg.loop
+  loop = run.cfg.loop
   host, keys = interval.read()
   now = time.time()
   elapsed = max(now - interval.start, 1e-9)
   scalars = train_scalars(host, interval.steps, elapsed, interval.wait)
-  scalars["learning_rate"] = float(tf.convert_to_tensor(trainer.optimizer.learning_rate))
+  scalars["learning_rate"] = float(tf.convert_to_tensor(run.optimizer.learning_rate))
   summaries.write_scalars(writer, step, "train", scalars)
   run_start, run_start_step = progress
   rate = (step - run_start_step) / max(now - run_start, 1e-9)
@@ -339,23 +340,23 @@ def train_and_evaluate(cfg: Config, after_step: Optional[Callable[[int], None]] 
     tf.config.experimental.enable_op_determinism()
 
   # 1. Model, optimizer, step functions.
-  trainer = setup(cfg)
+  run = build_run(cfg)
 
   # 2. Data. Samples are listed once (paths and labels only); images stream from
   #    disk. The iterator is part of the checkpoint, so a resumed run continues the
   #    same order from where it stopped.
-  train_samples = sources.load_samples(cfg.data, "train", trainer.charset)
-  eval_samples = sources.load_samples(cfg.data, "eval", trainer.charset)
-  iterator = make_iterator(trainer, "train", train_samples)
+  train_samples = sources.load_samples(cfg.data, "train", run.charset)
+  eval_samples = sources.load_samples(cfg.data, "eval", run.charset)
+  iterator = make_iterator(run, "train", train_samples)
   time_axis = modalities.get(cfg.data).time_axis   # for padding efficiency
   if isinstance(iterator, tf.data.Iterator):
-    trainer.checkpoints.track(iterator=iterator)
+    run.checkpoints.track(iterator=iterator)
   else:
     logging.warning("Under --strategy=%s the input position is not checkpointed: a "
                     "resumed run starts a new pass over the data", loop.strategy)
 
   # 3. Resume: the latest readable checkpoint, if any.
-  start_step = trainer.checkpoints.restore("latest")
+  start_step = run.checkpoints.restore("latest")
   if start_step:
     logging.info("Resuming at step %d of %d", start_step, loop.train_steps)
   if distribute.is_chief():
@@ -374,25 +375,25 @@ def train_and_evaluate(cfg: Config, after_step: Optional[Callable[[int], None]] 
       batch = _next_batch(iterator, train_samples, cfg.data)
       wait = time.time() - fetch_start
       try:
-        interval.add(trainer.steps.train_step(batch), wait,
-                   throughput.padding_sums(batch, time_axis, trainer.strategy))
+        interval.add(run.step_fns.train_step(batch), wait,
+                   throughput.padding_sums(batch, time_axis, run.strategy))
       except distribute.PEER_ERRORS as e:
         raise distribute.peer_lost(e, step + 1) from None
       step += 1
       final = step == loop.train_steps
       if step % loop.log_every == 0 or final:
-        _log_interval(interval, step, trainer, train_writer, progress)
+        _log_interval(interval, step, run, train_writer, progress)
         interval = _Interval(interval.nonfinite_run)
 
       # 5. Evaluate and keep the best; checkpoint on schedule, at the end, and when
       #    asked to stop. The time this takes is left out of examples/sec.
       pause_start = time.time()
       if step % loop.eval_every == 0 or final:
-        results = _eval_and_report(trainer, eval_samples, eval_writer, step)
-        if trainer.checkpoints.save_if_best(step, results["cer"]):
+        results = _eval_and_report(run, eval_samples, eval_writer, step)
+        if run.checkpoints.save_if_best(step, results["cer"]):
           logging.info("New best eval CER %.4f at step %d", results["cer"], step)
       if step % loop.checkpoint_every == 0 or final or stop:
-        logging.info("Saved checkpoint %s", trainer.checkpoints.save(step))
+        logging.info("Saved checkpoint %s", run.checkpoints.save(step))
       if stop and not final:
         train_writer.flush()
         raise TrainingInterrupted(stop[0], step)
@@ -402,26 +403,26 @@ def train_and_evaluate(cfg: Config, after_step: Optional[Callable[[int], None]] 
 
   # 6. A run resumed at or past its end only evaluates.
   if results is None:
-    results, _, _ = evaluate(trainer, eval_samples)
+    results, _, _ = evaluate(run, eval_samples)
     logging.info("Already trained to step %d: %s", start_step, format_eval(results))
   return results
 
 
-def restore_trained(cfg: Config, which: str = "latest") -> Tuple[Trainer, int]:
-  """A Trainer for inference with checkpoint `which` of cfg.workdir ('latest',
-  'best' or a path prefix) restored -> (trainer, its step). Raises CheckpointError
+def restore_trained(cfg: Config, which: str = "latest") -> Tuple[Run, int]:
+  """A Run for inference with checkpoint `which` of cfg.workdir ('latest',
+  'best' or a path prefix) restored -> (run, its step). Raises CheckpointError
   when the workdir holds none."""
-  trainer = setup(cfg, for_training=False)
-  step = trainer.checkpoints.restore(which, expect_partial=True)
+  run = build_run(cfg, for_training=False)
+  step = run.checkpoints.restore(which, expect_partial=True)
   if not step:
     raise CheckpointError(f"no checkpoint in {cfg.workdir}: train first")
-  return trainer, step
+  return run, step
 
 
 def evaluate_checkpoint(cfg: Config, which: str = "latest") -> Dict[str, float]:
   """Restores a checkpoint of cfg.workdir ('latest', 'best' or a path) and evaluates."""
-  trainer, step = restore_trained(cfg, which)
-  eval_samples = sources.load_samples(cfg.data, "eval", trainer.charset)
-  results, _, _ = evaluate(trainer, eval_samples)
+  run, step = restore_trained(cfg, which)
+  eval_samples = sources.load_samples(cfg.data, "eval", run.charset)
+  results, _, _ = evaluate(run, eval_samples)
   results["step"] = step
   return results

@@ -34,8 +34,8 @@ def _serving_fn(fl):
   if fl.saved_model:
     return export.serving_fn(export.load(os.path.expanduser(fl.saved_model)))
   cfg = config.from_flags(need_train=False, need_eval=False)
-  trainer, _ = loop.restore_trained(cfg, fl.checkpoint)
-  return export.serving_fn(export.ServingModule.from_trainer(trainer))
+  run, _ = loop.restore_trained(cfg, fl.checkpoint)
+  return export.serving_fn(export.ServingModule.from_run(run))
 
 
 @cli.exit_on_user_error

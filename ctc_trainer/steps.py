@@ -19,14 +19,14 @@ from ctc_trainer.decoders import DecoderConfig
 
 
 @dataclasses.dataclass
-class Steps:
+class StepFns:
   # batch -> {loss_sum, loss_examples, examples, infeasible, grad_norm, skipped, infeasible_keys,
   #           nonfinite_keys}; a step with a non-finite loss or gradient leaves the
   #           weights and optimizer untouched and reports skipped = 1.
   train_step: Callable
   # batch -> ({"<decoder>/<sum>" per decoder and metrics.SUM_KEYS, loss_sum,
   #           loss_examples}, {decoder: its top-1 strings [B]}), for every decoder
-  #           named to make_steps.
+  #           named to make_step_fns.
   eval_step: Callable
 
 
@@ -41,10 +41,10 @@ def _forward(model, batch, training):
   return logits, logit_length
 
 
-def make_steps(model, optimizer, charset: Charset, strategy: tf.distribute.Strategy,
-               element_spec, global_batch_size: int, clip_norm: float,
-               beam_width: int, jit_compile: bool = False,
-               decoder_names: Sequence[str] = ("beam", "greedy")) -> Steps:
+def make_step_fns(model, optimizer, charset: Charset, strategy: tf.distribute.Strategy,
+                  element_spec, global_batch_size: int, clip_norm: float,
+                  beam_width: int, jit_compile: bool = False,
+                  decoder_names: Sequence[str] = ("beam", "greedy")) -> StepFns:
   """Builds the two step functions for one model, optimizer and dataset spec.
 
   element_spec: the batch signature, or for several replicas the distributed
@@ -163,4 +163,4 @@ def make_steps(model, optimizer, charset: Charset, strategy: tf.distribute.Strat
         lambda v: strategy.experimental_local_results(v)[0], samples)
     return reduce_sum(sums), first_replica
 
-  return Steps(train_step=train_step, eval_step=eval_step)
+  return StepFns(train_step=train_step, eval_step=eval_step)

@@ -76,10 +76,10 @@ def build_parts(batch_size=4, beam_width=4, learning_rate=3e-3, jit_compile=Fals
     optimizer = keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=initial_scale)
   optimizer.build(model.trainable_variables)
   spec = pipeline.batch_signature(channels=1, height=HEIGHT)
-  fns = steps.make_steps(model, optimizer, CHARSET, tf.distribute.get_strategy(), spec,
-                         global_batch_size=batch_size, clip_norm=5.0,
-                         beam_width=beam_width, jit_compile=jit_compile,
-                         decoder_names=decoder_names)
+  fns = steps.make_step_fns(model, optimizer, CHARSET, tf.distribute.get_strategy(), spec,
+                            global_batch_size=batch_size, clip_norm=5.0,
+                            beam_width=beam_width, jit_compile=jit_compile,
+                            decoder_names=decoder_names)
   return model, optimizer, fns
 
 

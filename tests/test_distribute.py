@@ -38,9 +38,9 @@ MIRRORED_CHECK = textwrap.dedent("""
         optimizer = keras.optimizers.SGD(learning_rate=1.0)
         optimizer.build(model.trainable_variables)
       before = [v.numpy().copy() for v in model.trainable_variables]
-      fns = steps.make_steps(model, optimizer, CHARSET, strategy,
-                             distribute.distributed_spec(strategy, signature),
-                             global_batch_size=4, clip_norm=0.5, beam_width=4)
+      fns = steps.make_step_fns(model, optimizer, CHARSET, strategy,
+                                distribute.distributed_spec(strategy, signature),
+                                global_batch_size=4, clip_norm=0.5, beam_width=4)
       out = fns.train_step(batch_for_step(strategy))
       grads = [b - v.numpy() for b, v in zip(before, model.trainable_variables)]
       return float(out["loss_sum"]), float(out["grad_norm"]), grads

@@ -35,7 +35,7 @@ def checkpoint_texts(trainer):
   loop.evaluate, and so the evaluate CLI, scores."""
   texts = []
   for batch in pipeline.make_dataset(trainer.cfg.data, trainer.charset, "eval"):
-    _, samples = trainer.steps.eval_step(batch)
+    _, samples = trainer.step_fns.eval_step(batch)
     texts.extend(t.decode() for t in samples["beam"].numpy())
   return texts
 
@@ -141,7 +141,7 @@ def test_bad_bytes_give_clear_errors_and_the_process_keeps_serving(loaded):
 
 def test_preprocessing_is_the_training_pipelines(tiny_run, trainer):
   """Inside the export, images become exactly the tensors training batches hold."""
-  module = export.ServingModule.from_trainer(trainer)
+  module = export.ServingModule.from_run(trainer)
   batch = next(iter(pipeline.make_dataset(trainer.cfg.data, trainer.charset, "eval")))
   images = [open(p, "rb").read() for p, _ in tiny_run.eval_images()[:8]]
   inputs, input_length = module.preprocess(tf.constant(images))
@@ -171,7 +171,7 @@ def test_export_tool_refuses_to_overwrite_a_non_savedmodel(tiny_run, tmp_path):
 
 def test_top_k_above_beam_width_is_a_config_error(trainer):
   with pytest.raises(ConfigError, match="--top_k=5 must be between 1 and --beam_width=4"):
-    export.ServingModule.from_trainer(trainer, top_k=5)
+    export.ServingModule.from_run(trainer, top_k=5)
 
 
 def test_serving_fn_reads_older_exports_whose_input_is_named_image_bytes(tmp_path):

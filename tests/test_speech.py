@@ -238,7 +238,7 @@ def evaluated(trained):
   trainer, _ = loop.restore_trained(cfg, "latest")
   texts = {}
   for batch in pipeline.make_dataset(cfg.data, trainer.charset, "eval"):
-    _, decoded = trainer.steps.eval_step(batch)
+    _, decoded = trainer.step_fns.eval_step(batch)
     texts.update(zip([k.decode() for k in batch["key"].numpy()],
                      [t.decode() for t in decoded["beam"].numpy()]))
   return texts

@@ -271,13 +271,13 @@ def shards_of_gone_files(tmp_path):
                       eval_data=str(tmp_path / "eval-*"), image_height=16,
                       batch_size=2, eval_batch_size=2),
       model=TINY_MODEL, loop=LoopConfig(beam_width=4))
-  loop.setup(cfg).checkpoints.save(1)
+  loop.build_run(cfg).checkpoints.save(1)
   return cfg
 
 
 def test_parity_gate_serves_the_bytes_read_not_reopened_keys(shards_of_gone_files):
   trainer, _ = loop.restore_trained(shards_of_gone_files)
-  module = export.ServingModule.from_trainer(trainer)
+  module = export.ServingModule.from_run(trainer)
   samples = sources.load_samples(shards_of_gone_files.data, "eval", trainer.charset)
   parity = export.check_parity(trainer, export.serving_fn(module), samples)
   assert parity.ok and parity.num_samples == 5, parity.describe()

@@ -110,16 +110,16 @@ def synthetic_case(num: int, batch_size: int, frames: int, num_classes: int):
 
 
 def restore_run():
-  """-> (loop.Trainer with --workdir's latest checkpoint restored, its step)."""
+  """-> (loop.Run with --workdir's latest checkpoint restored, its step)."""
   return loop.restore_trained(config.from_flags(need_train=False))
 
 
-def eval_logits(trainer: loop.Trainer, num: int):
+def eval_logits(run: loop.Run, num: int):
   """-> [(logits float32 [B, T, C], lengths int32 [B], texts string [B])] of the
   model on the first `num` sequences of its eval set, in eval batches."""
-  cfg = trainer.cfg
-  samples = sources.load_samples(cfg.data, "eval", trainer.charset)
-  model = trainer.model
+  cfg = run.cfg
+  samples = sources.load_samples(cfg.data, "eval", run.charset)
+  model = run.model
   spec = pipeline.batch_signature(cfg.data.image_channels, cfg.data.image_height)
 
   @tf.function(input_signature=[spec["inputs"], spec["input_length"]])
@@ -128,7 +128,7 @@ def eval_logits(trainer: loop.Trainer, num: int):
     return tf.cast(logits, tf.float32), model.output_length(input_length)
 
   batches = []
-  for batch in pipeline.make_dataset(cfg.data, trainer.charset, "eval",
+  for batch in pipeline.make_dataset(cfg.data, run.charset, "eval",
                                      samples=samples):
     logits, lengths = forward(batch["inputs"], batch["input_length"])
     left = num - sum(int(b[1].shape[0]) for b in batches)
@@ -244,9 +244,9 @@ def main(argv):
                    repeats)
   if FLAGS.workdir:
     cli.apply_workdir_flags()
-    trainer, step = restore_run()
+    run, step = restore_run()
     rows += run_case(f"{os.path.basename(os.path.normpath(FLAGS.workdir))} "
-                     f"step {step} eval", trainer.charset, eval_logits(trainer, num),
+                     f"step {step} eval", run.charset, eval_logits(run, num),
                      beam_width, repeats)
   print_table(rows)
 

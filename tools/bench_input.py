@@ -54,7 +54,7 @@ from ctc_trainer.models.crnn import CRNNConfig
 from ctc_trainer.data import image as image_lib
 from ctc_trainer.data import (buckets, modalities, pipeline, sources, synthetic,
                               tfrecord, throughput)
-from ctc_trainer.steps import make_steps
+from ctc_trainer.steps import make_step_fns
 
 flags.DEFINE_string("root", os.path.join(tempfile.gettempdir(), "ctc_bench_input"),
                     "A fresh folder is made under it for each run's files.")
@@ -305,9 +305,9 @@ def build_train_step(charset: Charset):
   optimizer = loop.make_optimizer(OptimConfig(), 1000)
   optimizer.build(model.trainable_variables)
   spec = pipeline.batch_signature(1, FLAGS.image_height)
-  return make_steps(model, optimizer, charset, tf.distribute.get_strategy(), spec,
-                    global_batch_size=FLAGS.batch_size, clip_norm=5.0,
-                    beam_width=10).train_step
+  return make_step_fns(model, optimizer, charset, tf.distribute.get_strategy(), spec,
+                       global_batch_size=FLAGS.batch_size, clip_norm=5.0,
+                       beam_width=10).train_step
 
 
 def peak_rss(job: dict, log_path: str) -> float:

@@ -11,7 +11,7 @@ rendered into a temporary folder), decoded once, padded to one width and held in
 memory, so that the input pipeline costs nothing and no shape changes between steps.
 
 Variants (--variants picks some):
-  ctc_trainer        loop.setup's train_step (steps.make_steps) as a run with these
+  ctc_trainer        loop.build_run's train_step (steps.make_step_fns) as a run with these
                      flags builds it: float32, no XLA.
   keras_fit          model.compile(Adam(global_clipnorm), keras.losses.CTC()) and
                      model.fit: the usual Keras way (CTC over all frames, no lengths),
@@ -96,15 +96,15 @@ def repeat_batches(stacked, keys=None):
 # --- variants: each returns run(n), which trains n steps and waits for them --------
 
 def ctc_trainer_variant(cfg, stacked, jit_compile=False, precision="float32"):
-  """The trainer as loop.setup builds it for these flags, stepping train_step."""
+  """The run as loop.build_run builds it for these flags, stepping train_step."""
   cfg = dataclasses.replace(cfg, loop=dataclasses.replace(
       cfg.loop, jit_compile=jit_compile, precision=precision))
-  trainer = loop.setup(cfg)
+  parts = loop.build_run(cfg)
   iterator = iter(repeat_batches(stacked))
 
   def run(n):
     for _ in range(n):
-      out = trainer.steps.train_step(next(iterator))
+      out = parts.step_fns.train_step(next(iterator))
     float(out["loss_sum"])
   return run
 

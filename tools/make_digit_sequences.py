@@ -42,8 +42,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 from absl import app, flags
 
-# Defines the training flags, --seed among them, which this tool uses as well (and
-# without TensorFlow: the WAV format does not need it).
+# Defines the training flags, --seed among them, which this tool uses as well.
 from ctc_trainer import config  # noqa: F401
 
 flags.DEFINE_string("source_dir", None, "Folder of {digit}_{speaker}_{index}.wav clips.")
