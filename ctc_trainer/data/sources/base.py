@@ -153,17 +153,14 @@ def checked(candidates: Iterable[Sample], cfg: DataConfig, charset: Optional[Cha
   kept: List[Sample] = []
   skips = list(pre_skipped)
   for sample in candidates:
-    problem = _file_problem(sample, cfg.modality)
-    if problem:
+    bad = [(reason, problem) for reason, problem in (
+        ("missing file", _file_problem(sample, cfg.modality)),
+        ("bad label", _label_problem(sample, cfg.max_label_length))) if problem]
+    if bad:
+      reason, problem = bad[0]
       if cfg.bad_sample_policy == "error":
         raise DataError(problem + " (--bad_sample_policy=skip drops such samples)")
-      skips.append(("missing file", problem, sample.path))
-      continue
-    problem = _label_problem(sample, cfg.max_label_length)
-    if problem:
-      if cfg.bad_sample_policy == "error":
-        raise DataError(problem + " (--bad_sample_policy=skip drops such samples)")
-      skips.append(("bad label", problem, sample.path))
+      skips.append((reason, problem, sample.path))
       continue
     unknown = charset.unknown_chars(sample.text) if charset is not None else None
     if unknown:
