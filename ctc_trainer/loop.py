@@ -27,6 +27,9 @@ from ctc_trainer.data import failures, modalities, pipeline, sources, throughput
 from ctc_trainer.steps import StepFns, decoder_sums, make_step_fns
 
 CHARSET_FILE = "charset.txt"
+# A progress line at least this often, whatever --log_every says: on long lines and a
+# slow machine 100 steps can take many minutes, and a silent run looks hung.
+LOG_EVERY_S = 30.0
 
 
 # --- building blocks ---------------------------------------------------------------
@@ -305,12 +308,18 @@ def _log_interval(interval: _Interval, step: int, run: Run, writer,
   scalars["learning_rate"] = float(tf.convert_to_tensor(run.optimizer.learning_rate))
   summaries.write_scalars(writer, step, "train", scalars)
   run_start, run_start_step = progress
-  rate = (step - run_start_step) / max(now - run_start, 1e-9)
+  if step == run_start_step + 1:
+    # The first step also traces the step function and fills the input pipeline:
+    # say what it cost, and leave it out of the ETA, which later lines base on the
+    # steps after it.
+    eta = f"first step took {elapsed:.1f}s (tracing, input start-up)"
+  else:
+    rate = (step - run_start_step - 1) / max(now - run_start, 1e-9)
+    eta = "ETA " + summaries.format_duration((loop.train_steps - step) / rate)
   logging.info("step %d/%d  loss %.4f  %.0f ex/s  input wait %.0f%%  padding "
-               "efficiency %.0f%%  ETA %s", step, loop.train_steps, scalars["loss"],
+               "efficiency %.0f%%  %s", step, loop.train_steps, scalars["loss"],
                scalars["examples_per_sec"], 100 * scalars["input_wait_fraction"],
-               100 * scalars["padding_efficiency"],
-               summaries.format_duration((loop.train_steps - step) / rate))
+               100 * scalars["padding_efficiency"], eta)
   if keys["infeasible_keys"]:
     logging.warning("%d examples have labels longer than the model's output frames "
                     "and were left out of the loss: %s", len(keys["infeasible_keys"]),
@@ -365,7 +374,8 @@ def train_and_evaluate(cfg: Config, after_step: Optional[Callable[[int], None]] 
   else:
     train_writer = eval_writer = tf.summary.create_noop_writer()
 
-  # 4. Train. Step outputs are summed as tensors and read once per log interval.
+  # 4. Train. Step outputs are summed as tensors and read once per log interval:
+  #    every --log_every steps, after the first step, and at least every LOG_EVERY_S.
   interval = _Interval()
   progress = (time.time(), start_step)
   step, results = start_step, None
@@ -381,9 +391,13 @@ def train_and_evaluate(cfg: Config, after_step: Optional[Callable[[int], None]] 
         raise distribute.peer_lost(e, step + 1) from None
       step += 1
       final = step == loop.train_steps
-      if step % loop.log_every == 0 or final:
+      first = step == start_step + 1
+      if (step % loop.log_every == 0 or final or first
+          or time.time() - interval.start >= LOG_EVERY_S):
         _log_interval(interval, step, run, train_writer, progress)
         interval = _Interval(interval.nonfinite_run)
+        if first:   # the ETA counts from the end of the first step
+          progress = (time.time(), start_step)
 
       # 5. Evaluate and keep the best; checkpoint on schedule, at the end, and when
       #    asked to stop. The time this takes is left out of examples/sec.

@@ -129,3 +129,17 @@ def test_input_only_reports_throughput_without_training(tiny_run, tmp_path):
   assert "input only:" in ran.out and "examples/s" in ran.out
   assert "padding efficiency" in ran.out
   assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def test_progress_shows_the_first_step_and_at_least_every_interval(tiny_run, tmp_path,
+                                                                  monkeypatch):
+  """A line after the first step (with its cost) and one every LOG_EVERY_S even when
+  --log_every is far away: a long-line run must not look hung."""
+  from ctc_trainer import loop  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(loop, "LOG_EVERY_S", 0.0)
+  ran = train_cli(f"--workdir={tmp_path / 'w'}", "--train_steps=3", *TINY_FLAGS,
+                  *tiny_run.data_flags, "--log_every=100", "--eval_every=100",
+                  "--checkpoint_every=100")
+  assert ran.code == 0, ran.err[-3000:]
+  assert "step 1/3" in ran.err and "first step took" in ran.err
+  assert "step 2/3" in ran.err and "step 3/3" in ran.err and "ETA" in ran.err
