@@ -118,21 +118,37 @@ def test_an_augmented_iterator_resumes_bit_exactly(manifest, tmp_path):
               expected)
 
 
-def test_preview_writes_originals_above_augmentations(manifest, tmp_path):
+def test_preview_shows_each_sample_then_its_augmentation(manifest, tmp_path):
   from ctc_trainer.data.sources import load_samples  # pylint: disable=import-outside-toplevel
-  cfg = config(manifest)
+  cfg = config(manifest, augment_probability=0.0)   # the preview augments them all
   writer = tf.summary.create_file_writer(str(tmp_path))
   augment.write_preview(cfg, CHARSET, load_samples(cfg, "train", CHARSET), writer,
                         step=0, count=3)
   writer.flush()
-  tags = [v.tag for path in glob.glob(os.path.join(tmp_path, "events*"))
-          for e in tf.compat.v1.train.summary_iterator(path) for v in e.summary.value]
-  assert tags == ["train/augmented_inputs"]
+  (path,) = glob.glob(os.path.join(tmp_path, "events*"))
+  (value,) = [v for e in tf.compat.v1.train.summary_iterator(path)
+              for v in e.summary.value]
+  assert value.tag == "train/augmented_inputs"
+  images = [tf.io.decode_png(png).numpy() for png in value.tensor.string_val[2:]]
+  assert len(images) == 6
   clean = clean_inputs(manifest)
-  first = min(clean)
-  images = augment.preview(cfg, [{"inputs": tf.constant(clean[first]),
-                                  "input_length": clean[first].shape[1]}], cfg.seed)
-  top = images[0, :32, :clean[first].shape[1]].numpy()
-  np.testing.assert_array_equal(top, clean[first])
-  assert images.shape[1] == 64
-  assert not np.array_equal(images[0, 32:], images[0, :32])
+  first = 1.0 - clean[min(clean)]   # the preview shows dark ink on light paper
+  width = first.shape[1]
+  np.testing.assert_allclose(images[0][:, :width] / 255.0, first, atol=1 / 255)
+  for original, augmented in zip(images[::2], images[1::2]):
+    assert not np.array_equal(original, augmented)
+
+
+@pytest.mark.parametrize("flagfile, on", [("base_ocr.cfg", True),
+                                          ("demo_ocr.cfg", False)])
+def test_on_in_the_ocr_preset_off_in_the_demo(flagfile, on, monkeypatch):
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from absl.testing import flagsaver  # pylint: disable=import-outside-toplevel
+  from ctc_trainer import options  # pylint: disable=import-outside-toplevel
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  monkeypatch.chdir(root)   # the demo's flagfile names configs/base_ocr.cfg
+  options.define_flags(DataConfig)
+  with flagsaver.flagsaver():
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["prog", f"--flagfile={os.path.join(root, 'configs', flagfile)}"])
+    assert options.from_flags(DataConfig, flags.FLAGS).augment is on

@@ -175,29 +175,28 @@ def _blur(image, sigma, max_sigma: float):
   return batch[0]
 
 
-def preview(cfg: DataConfig, examples: tf.data.Dataset, seed: int) -> tf.Tensor:
-  """Decoded examples -> images [n, 2H, W_max, C]: each original above an
-  augmentation of it (every one augmented), zero-padded to the widest."""
-  always = dataclasses.replace(cfg, augment=True, augment_probability=1.0)
-  pairs = []
-  for index, x in enumerate(examples):
-    augmented, _ = augment_image(x["inputs"], x["input_length"], always,
-                                 tf.constant([index, seed], tf.int64))
-    pairs.append((x["inputs"], augmented))
-  widest = max(max(a.shape[1], b.shape[1]) for a, b in pairs)
-  pad = lambda im: tf.pad(im, [[0, 0], [0, widest - im.shape[1]], [0, 0]])
-  return tf.stack([tf.concat([pad(a), pad(b)], axis=0) for a, b in pairs])
-
-
 def write_preview(cfg: DataConfig, charset, samples, writer, step: int,
                   count: int = 4) -> None:
   """Writes train/augmented_inputs: the first `count` training samples (file
-  order), each above an augmentation of it. Nothing when cfg.augment is off."""
+  order), each followed by the Modality's augmentation of it (every one augmented).
+  Nothing when cfg.augment is off."""
   if not cfg.augment or not count:
     return
-  modality = modalities.get(cfg)
-  examples = failures.decode(samples, modality, cfg, charset, False, None).take(count)
-  images = modality.preview(preview(cfg, examples, cfg.seed))
+  always = dataclasses.replace(cfg, augment_probability=1.0)
+  modality = modalities.get(always)
+  examples = failures.decode(samples, modality, always, charset, False, None).take(count)
+  pairs = tf.data.Dataset.zip(examples, modality.augment(examples, cfg.seed))
+  try:
+    inputs = [x["inputs"] for pair in pairs for x in pair]
+  except failures.PIPELINE_ERRORS as e:
+    raise failures.explain(e, samples, cfg) from None
+  axis = modality.time_axis - 1
+  longest = max(x.shape[axis] for x in inputs)
+  pad = lambda x: tf.pad(x, [[0, longest - x.shape[axis] if a == axis else 0]
+                             for a in range(x.shape.rank)])
   with writer.as_default(step=step):
-    tf.summary.image("train/augmented_inputs", images, max_outputs=count,
-                     description="each training sample above an augmentation of it")
+    tf.summary.image("train/augmented_inputs",
+                     modality.preview(tf.stack([pad(x) for x in inputs])),
+                     max_outputs=2 * count,
+                     description="training samples, each followed by an "
+                     "augmentation of it")
