@@ -48,63 +48,65 @@ def augment_dataset(ds: tf.data.Dataset, cfg: DataConfig, seed: int) -> tf.data.
   return ds.enumerate().map(augment, num_parallel_calls=AUTOTUNE)
 
 
+# The scalar draws of one example, in one stateless_uniform call (each op in a
+# tf.data map costs more than the arithmetic of a small image).
+_DRAWS = ("chosen", "jitter", "pad_left", "pad_right", "angle", "shear", "scale",
+          "morph", "blur", "contrast", "brightness", "noise")
+
+
 def augment_image(image: tf.Tensor, length: tf.Tensor, cfg: DataConfig,
                   seed: tf.Tensor):
   """float32 [H, W, C] in [0, 1] (W == length), int32 length, int64 seed [2] ->
   (augmented [H, W', C] in [0, 1], W' int32); unchanged with probability
   1 - cfg.augment_probability."""
-  seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=4)
-  chosen = tf.random.stateless_uniform([], seeds[0]) < cfg.augment_probability
+  seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=3)
+  uniform = tf.random.stateless_uniform([len(_DRAWS)], seeds[0])
+  draw = dict(zip(_DRAWS, tf.unstack(uniform)))
 
   def changed():
-    out, width = _geometry(image, length, cfg, seeds[1])
-    out = _appearance(out, cfg, seeds[2])
-    return out, width
+    out, width = _geometry(image, length, cfg, draw, seeds[1])
+    return _appearance(out, cfg, draw, seeds[2]), width
 
-  out, width = tf.cond(chosen, changed, lambda: (image, length))
+  out, width = tf.cond(draw["chosen"] < cfg.augment_probability, changed,
+                       lambda: (image, length))
   return tf.ensure_shape(out, [image.shape[0], None, image.shape[2]]), width
 
 
-def _uniform(seed, low, high):
-  return tf.random.stateless_uniform([], seed, minval=low, maxval=high)
+def _symmetric(u, bound: float):
+  """A U(0, 1) draw -> U(-bound, bound)."""
+  return (2.0 * u - 1.0) * bound
 
 
-def _symmetric(seed, bound):
-  return _uniform(seed, -bound, bound)
-
-
-def _geometry(image, length, cfg: DataConfig, seed):
+def _geometry(image, length, cfg: DataConfig, draw, seed):
   """Width jitter, padding, affine and smooth warp, in one resampling."""
-  s = tf.random.experimental.stateless_split(seed, num=7)
   height = image.shape[0]
   max_width = cfg.max_image_width
   width = tf.cast(length, tf.float32)
-  factor = 1.0 + _symmetric(s[0], cfg.augment_width_jitter)
+  factor = 1.0 + _symmetric(draw["jitter"], cfg.augment_width_jitter)
   jittered = tf.clip_by_value(tf.cast(tf.round(width * factor), tf.int32), 1, max_width)
   factor = tf.cast(jittered, tf.float32) / width
   room = max_width - jittered
-  most = int(cfg.augment_pad * height)
-  pads = tf.random.stateless_uniform([2], s[1], maxval=most + 1, dtype=tf.int32)
-  left = tf.minimum(pads[0], room)
-  right = tf.minimum(pads[1], room - left)
+  most = float(int(cfg.augment_pad * height) + 1)
+  left = tf.minimum(tf.cast(draw["pad_left"] * most, tf.int32), room)
+  right = tf.minimum(tf.cast(draw["pad_right"] * most, tf.int32), room - left)
   out_width = left + jittered + right
 
   # Output pixel centres -> source coordinates (pixel centres at integers).
-  rows, cols = tf.meshgrid(tf.range(height, dtype=tf.float32),
-                           tf.range(out_width, dtype=tf.float32), indexing="ij")
-  u = (cols - tf.cast(left, tf.float32) + 0.5) / factor - 0.5
+  rows = tf.range(height, dtype=tf.float32)[:, None]
+  u = (tf.range(out_width, dtype=tf.float32)[None, :] - tf.cast(left, tf.float32)
+       + 0.5) / factor - 0.5
   centre_u, centre_v = (width - 1.0) / 2.0, (height - 1.0) / 2.0
   du, dv = u - centre_u, rows - centre_v
   limit = tf.minimum(math.radians(cfg.augment_rotate_deg),
                      tf.atan(2.0 * _MAX_END_SHIFT * height / width))
-  angle = _symmetric(s[2], limit)
-  shear = _symmetric(s[3], cfg.augment_shear)
-  scale = 1.0 + _symmetric(s[4], cfg.augment_scale)
+  angle = _symmetric(draw["angle"], 1.0) * limit
+  sheared = du + _symmetric(draw["shear"], cfg.augment_shear) * dv
+  scale = 1.0 + _symmetric(draw["scale"], cfg.augment_scale)
   cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
-  src_u = cos * (du + shear * dv) - sin * dv + centre_u
-  src_v = sin * (du + shear * dv) + cos * dv + centre_v
+  src_u = cos * sheared - sin * dv + centre_u
+  src_v = sin * sheared + cos * dv + centre_v
   if cfg.augment_warp > 0:
-    shift = _smooth_field(height, out_width, cfg.augment_warp * height, s[5])
+    shift = _smooth_field(height, out_width, cfg.augment_warp * height, seed)
     src_u += shift[..., 0]
     src_v += shift[..., 1]
   return _bilinear(image, src_v, src_u), out_width
@@ -137,42 +139,41 @@ def _bilinear(image, rows, cols):
   return upper * (1.0 - down) + lower * down
 
 
-def _appearance(image, cfg: DataConfig, seed):
+def _appearance(image, cfg: DataConfig, draw, seed):
   """Morphology, blur, contrast, brightness and noise -> [H, W, C] in [0, 1]."""
-  s = tf.random.experimental.stateless_split(seed, num=6)
   if cfg.augment_morph > 0:
-    image = _morph(image, _symmetric(s[0], cfg.augment_morph))
+    image = _morph(image, _symmetric(draw["morph"], cfg.augment_morph))
   if cfg.augment_blur > 0:
-    image = _blur(image, _uniform(s[1], 0.0, cfg.augment_blur), cfg.augment_blur)
-  if cfg.augment_contrast > 0:
-    image = tf.image.adjust_contrast(image, 1.0 + _symmetric(s[2], cfg.augment_contrast))
-  image += _symmetric(s[3], cfg.augment_brightness)
-  sigma = _uniform(s[4], 0.0, cfg.augment_noise)
-  image += sigma * tf.random.stateless_normal(tf.shape(image), s[5])
+    image = _blur(image, draw["blur"] * cfg.augment_blur, cfg.augment_blur)
+  if cfg.augment_contrast > 0 or cfg.augment_brightness > 0:
+    mean = tf.reduce_mean(image, axis=[0, 1], keepdims=True)
+    contrast = 1.0 + _symmetric(draw["contrast"], cfg.augment_contrast)
+    image = (image - mean) * contrast + mean + _symmetric(draw["brightness"],
+                                                          cfg.augment_brightness)
+  if cfg.augment_noise > 0:
+    sigma = draw["noise"] * cfg.augment_noise
+    image += sigma * tf.random.stateless_normal(tf.shape(image), seed)
   return tf.clip_by_value(image, 0.0, 1.0)
 
 
 def _morph(image, amount):
-  """amount > 0: that fraction of the way to a 3x3 dilation; < 0: to an erosion."""
-  batch = image[None]
-  dilated = tf.nn.max_pool2d(batch, 3, 1, "SAME")[0]
-  eroded = -tf.nn.max_pool2d(-batch, 3, 1, "SAME")[0]
-  return (image + tf.maximum(amount, 0.0) * (dilated - image)
-          + tf.maximum(-amount, 0.0) * (eroded - image))
+  """amount > 0: that fraction of the way to a 3x3 dilation; < 0: to an erosion
+  (the dilation of the negative)."""
+  sign = tf.where(amount < 0, -1.0, 1.0)
+  pooled = sign * tf.nn.max_pool2d(sign * image[None], 3, 1, "SAME")[0]
+  return image + tf.abs(amount) * (pooled - image)
 
 
 def _blur(image, sigma, max_sigma: float):
-  """Separable Gaussian blur of `sigma` pixels (a kernel wide enough for max_sigma;
-  sigma near 0 leaves the image as it is)."""
+  """Gaussian blur of `sigma` pixels, one depthwise convolution (a kernel wide
+  enough for max_sigma; sigma near 0 leaves the image as it is)."""
   radius = max(1, math.ceil(2 * max_sigma))
   taps = tf.range(-radius, radius + 1, dtype=tf.float32)
-  kernel = tf.exp(-taps ** 2 / (2.0 * tf.maximum(sigma, 1e-3) ** 2))
-  kernel /= tf.reduce_sum(kernel)
-  channels = image.shape[-1]
-  kernel = tf.tile(kernel[:, None, None], [1, channels, 1])      # [k, C, 1]
-  batch = tf.nn.depthwise_conv2d(image[None], kernel[:, None], [1, 1, 1, 1], "SAME")
-  batch = tf.nn.depthwise_conv2d(batch, kernel[None], [1, 1, 1, 1], "SAME")
-  return batch[0]
+  line = tf.exp(-taps ** 2 / (2.0 * tf.maximum(sigma, 1e-3) ** 2))
+  line /= tf.reduce_sum(line)
+  kernel = line[:, None, None, None] * line[None, :, None, None]   # [k, k, 1, 1]
+  kernel = tf.tile(kernel, [1, 1, image.shape[-1], 1])
+  return tf.nn.depthwise_conv2d(image[None], kernel, [1, 1, 1, 1], "SAME")[0]
 
 
 def write_preview(cfg: DataConfig, charset, samples, writer, step: int,
