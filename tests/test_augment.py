@@ -1,7 +1,6 @@
 """Image augmentation (--augment, data/augment.py): training inputs only, seeded,
 resumable, and nothing at all when off."""
 
-import dataclasses
 import glob
 import os
 
