@@ -191,6 +191,8 @@ def write_preview(cfg: DataConfig, charset, samples, writer, step: int,
     inputs = [x["inputs"] for pair in pairs for x in pair]
   except failures.PIPELINE_ERRORS as e:
     raise failures.explain(e, samples, cfg) from None
+  if not inputs:
+    return
   axis = modality.time_axis - 1
   longest = max(x.shape[axis] for x in inputs)
   pad = lambda x: tf.pad(x, [[0, longest - x.shape[axis] if a == axis else 0]
