@@ -7,10 +7,15 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import flags
+from absl.testing import flagsaver
 
+from ctc_trainer import options, train
 from ctc_trainer.charset import Charset
 from ctc_trainer.config import DataConfig
 from ctc_trainer.data import augment, pipeline, synthetic
+from ctc_trainer.data.sources import load_samples
+from tests.helpers import TINY_FLAGS, run_main
 
 ALPHABET = "abcdefgh"
 CHARSET = Charset(ALPHABET)
@@ -118,7 +123,6 @@ def test_an_augmented_iterator_resumes_bit_exactly(manifest, tmp_path):
 
 
 def test_preview_shows_each_sample_then_its_augmentation(manifest, tmp_path):
-  from ctc_trainer.data.sources import load_samples  # pylint: disable=import-outside-toplevel
   cfg = config(manifest, augment_probability=0.0)   # the preview augments them all
   writer = tf.summary.create_file_writer(str(tmp_path))
   augment.write_preview(cfg, CHARSET, load_samples(cfg, "train", CHARSET), writer,
@@ -141,9 +145,6 @@ def test_preview_shows_each_sample_then_its_augmentation(manifest, tmp_path):
 @pytest.mark.parametrize("flagfile, on", [("base_ocr.cfg", True),
                                           ("demo_ocr.cfg", False)])
 def test_on_in_the_ocr_preset_off_in_the_demo(flagfile, on, monkeypatch):
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  from absl.testing import flagsaver  # pylint: disable=import-outside-toplevel
-  from ctc_trainer import options  # pylint: disable=import-outside-toplevel
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   monkeypatch.chdir(root)   # the demo's flagfile names configs/base_ocr.cfg
   options.define_flags(DataConfig)
@@ -151,3 +152,13 @@ def test_on_in_the_ocr_preset_off_in_the_demo(flagfile, on, monkeypatch):
     flags.FLAGS.unparse_flags()
     flags.FLAGS(["prog", f"--flagfile={os.path.join(root, 'configs', flagfile)}"])
     assert options.from_flags(DataConfig, flags.FLAGS).augment is on
+
+
+def test_training_with_augment_shows_augmented_inputs_once(tiny_data, tmp_path):
+  _, data_flags = tiny_data
+  ran = run_main(train.main, f"--workdir={tmp_path}", *TINY_FLAGS, *data_flags,
+                 "--augment", "--train_steps=2", "--decoder=greedy")
+  assert ran.code == 0, ran.err
+  tags = [v.tag for path in glob.glob(str(tmp_path / "train" / "events*"))
+          for e in tf.compat.v1.train.summary_iterator(path) for v in e.summary.value]
+  assert tags.count("train/augmented_inputs") == 1
