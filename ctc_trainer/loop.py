@@ -353,6 +353,12 @@ def train_scalars(host: Dict[str, float], steps: int, elapsed: float,
   }
 
 
+def log_due(step: int, log_every: int, first_or_final: bool, seconds: float) -> bool:
+  """Whether step ends a log interval: every log_every steps, the first and the final
+  step of a run, and whenever the interval has run LOG_EVERY_S seconds."""
+  return step % log_every == 0 or first_or_final or seconds >= LOG_EVERY_S
+
+
 def _log_interval(interval: _Interval, step: int, run: Run, writer,
                   progress: Tuple[float, int]) -> None:
   """Reads an interval once: console line, train/* scalars, bad-batch reports.
@@ -495,8 +501,7 @@ def train_and_evaluate(cfg: Config, after_step: Optional[Callable[[int], None]] 
       step += 1
       final = step == loop.train_steps
       first = step == start_step + 1
-      if (step % loop.log_every == 0 or final or first
-          or time.time() - interval.start >= LOG_EVERY_S):
+      if log_due(step, loop.log_every, first or final, time.time() - interval.start):
         _log_interval(interval, step, run, train_writer, progress)
         interval = _Interval(interval.nonfinite_run)
         if first:   # the ETA counts from the end of the first step

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from ctc_trainer import evaluate, train
+from ctc_trainer import evaluate, loop, train
 from tests.helpers import TINY_FLAGS, run_main
 
 
@@ -40,6 +40,7 @@ def test_train_writes_checkpoints_summaries_and_flags(tiny_run):
           "eval/greedy/cer", "eval/greedy/seq_accuracy", "eval/samples"} <= tags, tags
   assert (workdir / "charset.txt").exists()
   assert "step 6/6" in ran.err and "ETA" in ran.err
+  assert "step 1/6" in ran.err and "first step took" in ran.err
 
 
 def test_rerun_from_flags_cfg_resumes_at_saved_step(tiny_run, tmp_path):
@@ -131,15 +132,12 @@ def test_input_only_reports_throughput_without_training(tiny_run, tmp_path):
   assert not (tmp_path / "w" / "checkpoints").exists()
 
 
-def test_progress_shows_the_first_step_and_at_least_every_interval(tiny_run, tmp_path,
-                                                                  monkeypatch):
-  """A line after the first step (with its cost) and one every LOG_EVERY_S even when
-  --log_every is far away: a long-line run must not look hung."""
-  from ctc_trainer import loop  # pylint: disable=import-outside-toplevel
-  monkeypatch.setattr(loop, "LOG_EVERY_S", 0.0)
-  ran = train_cli(f"--workdir={tmp_path / 'w'}", "--train_steps=3", *TINY_FLAGS,
-                  *tiny_run.data_flags, "--log_every=100", "--eval_every=100",
-                  "--checkpoint_every=100")
-  assert ran.code == 0, ran.err[-3000:]
-  assert "step 1/3" in ran.err and "first step took" in ran.err
-  assert "step 2/3" in ran.err and "step 3/3" in ran.err and "ETA" in ran.err
+@pytest.mark.parametrize("step, first_or_final, seconds, due", [
+    (1, True, 0.0, True),      # the first step, with what it cost
+    (5, False, 1.0, False),
+    (5, False, 30.0, True),    # a slow interval: no silent minutes
+    (100, False, 1.0, True),   # --log_every
+])
+def test_progress_is_logged_by_steps_and_by_wall_time(step, first_or_final, seconds,
+                                                      due):
+  assert loop.log_due(step, 100, first_or_final, seconds) is due
