@@ -169,19 +169,23 @@ def eval_batches(run: Run, samples: sources.Source, max_batches: int = 0,
 
 
 def evaluate(run: Run, eval_samples: sources.Source,
+             on_batch: Optional[Callable[[dict, dict], None]] = None,
              ) -> Tuple[Dict[str, float], Optional[dict], Optional[dict]]:
   """One pass over the eval set -> (metrics, first batch, its decoded samples).
 
   metrics: the primary decoder's (the first of --decoder) cer, wer, seq_accuracy and
   num_seqs, the loss, and "<decoder>/cer", "/wer", "/seq_accuracy" of each decoder,
   primary first. Sums stay tensors until the end: one host sync per eval, not one
-  per batch.
+  per batch. on_batch: called with each batch and its decoded samples (the report's
+  rows come from the very pass that gives the metrics).
   """
   cfg = run.cfg
   sums, first_batch, first_samples = {}, None, None
   for index, (batch, batch_sums, samples) in enumerate(
       eval_batches(run, eval_samples, cfg.loop.eval_max_batches)):
     sums = metrics.add_sums(sums, batch_sums)
+    if on_batch:
+      on_batch(batch, samples)
     if index == 0:
       first_replica = lambda v: run.strategy.experimental_local_results(v)[0]
       first_batch, first_samples = tf.nest.map_structure(first_replica, batch), samples
@@ -438,10 +442,13 @@ def restore_trained(cfg: Config, which: str = "latest") -> Tuple[Run, int]:
   return run, step
 
 
-def evaluate_checkpoint(cfg: Config, which: str = "latest") -> Dict[str, float]:
-  """Restores a checkpoint of cfg.workdir ('latest', 'best' or a path) and evaluates."""
+def evaluate_checkpoint(cfg: Config, which: str = "latest",
+                        on_batch: Optional[Callable[[dict, dict], None]] = None,
+                        ) -> Dict[str, float]:
+  """Restores a checkpoint of cfg.workdir ('latest', 'best' or a path) and evaluates
+  (on_batch: as for evaluate)."""
   run, step = restore_trained(cfg, which)
   eval_samples = sources.load_samples(cfg.data, "eval", run.charset)
-  results, _, _ = evaluate(run, eval_samples)
+  results, _, _ = evaluate(run, eval_samples, on_batch)
   results["step"] = step
   return results
