@@ -1,6 +1,9 @@
 """Checkpoints under WORKDIR: the latest N in checkpoints/, the best by eval CER in
 best/. Each holds the step, the best CER so far, the model (with its dropout RNG
-state), and for training runs the optimizer and the input iterator's position.
+state), and for training runs the optimizer and the input iterator's position. Runs
+that stop early or cut the learning rate on a plateau also hold the step of the best
+CER and the number of evaluations since (and the learning rate's multiplier, given as
+a further object); they are left out otherwise, so that older checkpoints still match.
 
 Crash safety comes from tf.train.CheckpointManager's order of work: a checkpoint's
 files are written first and the `checkpoint` index file is replaced after, so a kill
@@ -32,12 +35,21 @@ _BEST_CER_KEY = "best_cer/.ATTRIBUTES/VARIABLE_VALUE"
 
 class Checkpoints:
 
-  def __init__(self, workdir: str, keep: int, model, **objects):
-    """objects: further trackables to save (optimizer=, iterator=); None is skipped."""
+  def __init__(self, workdir: str, keep: int, model, track_stale: bool = False,
+               **objects):
+    """objects: further trackables to save (optimizer=, iterator=); None is skipped.
+    track_stale: save best_step and stale_evals (early stopping, plateau cuts)."""
     self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     self.best_cer = tf.Variable(math.inf, dtype=tf.float64, trainable=False,
                                 name="best_cer")
+    # The step of the best CER and the evaluations since: what early stopping and
+    # the plateau cuts count, kept across a resume.
+    self.best_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="best_step")
+    self.stale_evals = tf.Variable(0, dtype=tf.int64, trainable=False,
+                                   name="stale_evals")
     objects = {k: v for k, v in objects.items() if v is not None}
+    if track_stale:
+      objects.update(best_step=self.best_step, stale_evals=self.stale_evals)
     # Keras 3 keeps layers held in Python lists (the models' conv blocks and RNN
     # stacks) out of TensorFlow's object graph, so through the model alone a
     # checkpoint reaches only the layers assigned directly (the classifier). Its
@@ -113,15 +125,22 @@ class Checkpoints:
       logging.info("best/ holds CER %.4f, better than the latest checkpoint knew "
                    "(%.4f)", saved, float(self.best_cer))
       self.best_cer.assign(saved)
+      # That best came at the run's last eval: none since.
+      self.stale_evals.assign(0)
 
   def save(self, step: int) -> str:
     self.step.assign(step)
     return self._save(self.latest, step)
 
   def save_if_best(self, step: int, cer: float) -> bool:
+    """Saves best/ when `cer` beats the best so far; either way counts the eval in
+    stale_evals (0 after a new best)."""
     if cer >= float(self.best_cer):
+      self.stale_evals.assign_add(1)
       return False
     self.best_cer.assign(cer)
+    self.best_step.assign(step)
+    self.stale_evals.assign(0)
     self.step.assign(step)
     self._save(self.best, step)
     return True

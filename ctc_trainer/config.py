@@ -174,6 +174,18 @@ class OptimConfig:
                              "warning, when not below --train_steps.", minimum=0)
   weight_decay: float = option(1e-4, "AdamW weight decay.")
   clip_norm: float = option(5.0, "Global gradient norm clip; 0 = off.", minimum=0)
+  lr_plateau_factor: float = option(
+      1.0, "On a plateau, multiply the learning rate by this: after "
+      "--lr_plateau_patience evaluations without a better CER (and again after each "
+      "further such run). 1.0 = off.", check=(lambda v: v is not None and 0 < v <= 1,
+                                              "--lr_plateau_factor must be in (0, 1]"))
+  lr_plateau_patience: int = option(
+      3, "Evaluations without a better CER before --lr_plateau_factor applies.",
+      minimum=1)
+  ema_decay: float = option(
+      0.0, "Keep an exponential moving average of the weights with this decay (e.g. "
+      "0.999); eval, best/ and export then use the averaged weights. 0 = off.",
+      minimum=0, below=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,6 +228,9 @@ class LoopConfig:
       choices=("float32", "mixed_bfloat16", "mixed_float16"))
   jit_compile: bool = option(False, "XLA-compile the train step's forward and backward "
                              "pass.")
+  early_stop_patience: int = option(
+      0, "Stop after this many evaluations in a row without a better primary-decoder "
+      "CER (best/ keeps the best); 0 = off.", minimum=0)
   worker_timeout_s: int = option(
       120, "multi_worker: seconds a collective waits for the other workers before the "
       "run stops with an error naming the lost peer.", minimum=1)
