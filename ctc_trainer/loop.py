@@ -70,33 +70,35 @@ def warmup_steps(cfg: OptimConfig, train_steps: int) -> int:
 
 
 class ScaledLearningRate(keras.optimizers.schedules.LearningRateSchedule):
-  """A learning rate (a number or a schedule of the step) times a non-trainable
-  variable. The plateau cuts assign the variable, so the traced train_step reads the
-  new rate without retracing, and the checkpoint carries it across a resume."""
+  """A learning rate schedule times a non-trainable variable. The plateau cuts
+  assign the variable, so the traced train_step reads the new rate without
+  retracing, and the checkpoint carries it across a resume."""
 
-  def __init__(self, base, scale: tf.Variable):
+  def __init__(self, base: keras.optimizers.schedules.LearningRateSchedule,
+               scale: tf.Variable):
     self.base, self.scale = base, scale
 
   def __call__(self, step):
-    base = self.base(step) if callable(self.base) else self.base
-    return tf.cast(base, tf.float32) * tf.cast(self.scale, tf.float32)
+    return tf.cast(self.base(step), tf.float32) * tf.cast(self.scale, tf.float32)
 
   def get_config(self):
-    return {"base": self.base, "scale": float(self.scale)}
+    return {"base": self.base, "scale": float(tf.convert_to_tensor(self.scale))}
 
 
 def make_optimizer(cfg: OptimConfig, train_steps: int,
                    lr_scale: Optional[tf.Variable] = None) -> keras.optimizers.Optimizer:
-  """The optimizer of cfg. lr_scale: a variable the learning rate is multiplied by
-  (the plateau cuts). With --ema_decay, Keras keeps the weights' moving average in
-  the optimizer, updated in apply_gradients (so inside train_step)."""
+  """The optimizer of cfg. lr_scale: a variable a scheduled learning rate is
+  multiplied by (the plateau cuts; a constant rate is cut in the optimizer's own
+  variable, which keeps the optimizer's checkpoint layout). With --ema_decay, Keras
+  keeps the weights' moving average in the optimizer, updated in apply_gradients
+  (so inside train_step)."""
   lr = cfg.learning_rate
   if cfg.lr_schedule == "warmup_cosine":
     warmup = warmup_steps(cfg, train_steps)
     lr = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0, warmup_target=cfg.learning_rate,
         warmup_steps=warmup, decay_steps=train_steps - warmup)
-  if lr_scale is not None:
+  if lr_scale is not None and callable(lr):
     lr = ScaledLearningRate(lr, lr_scale)
   ema = {"use_ema": cfg.ema_decay > 0, "ema_momentum": cfg.ema_decay or 0.99}
   if cfg.optimizer == "adamw":
@@ -138,7 +140,8 @@ class Run:
   optimizer: Optional[keras.optimizers.Optimizer]
   checkpoints: Checkpoints
   step_fns: StepFns
-  lr_scale: Optional[tf.Variable] = None   # the plateau cuts' multiplier, when on
+  # The plateau cuts' multiplier of a scheduled learning rate, when they are on.
+  lr_scale: Optional[tf.Variable] = None
 
 
 def build_run(cfg: Config, for_training: bool = True) -> Run:
@@ -148,11 +151,10 @@ def build_run(cfg: Config, for_training: bool = True) -> Run:
   distribute.set_precision(cfg.loop.precision)
   keras.utils.set_random_seed(cfg.loop.seed)
   input_shape = pipeline.input_shape(cfg.data)
-  plateau = cfg.optim.lr_plateau_factor < 1.0
   with strategy.scope():
     model = models.build(cfg.model, charset.num_classes, input_shape)
     optimizer = lr_scale = None
-    if plateau:
+    if cfg.optim.lr_plateau_factor < 1.0 and cfg.optim.lr_schedule != "constant":
       lr_scale = tf.Variable(1.0, trainable=False, name="lr_scale")
     # Inference needs the optimizer too when it holds the weights' moving average.
     if for_training or cfg.optim.ema_decay > 0:
@@ -160,10 +162,9 @@ def build_run(cfg: Config, for_training: bool = True) -> Run:
       if cfg.loop.precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
       optimizer.build(model.trainable_variables)  # so a restore fills real slots
-  checkpoints = Checkpoints(
-      distribute.checkpoint_dir(cfg.workdir), cfg.loop.keep_checkpoints, model,
-      track_stale=plateau or cfg.loop.early_stop_patience > 0, optimizer=optimizer,
-      lr_scale=lr_scale)
+  checkpoints = Checkpoints(distribute.checkpoint_dir(cfg.workdir),
+                            cfg.loop.keep_checkpoints, model, optimizer=optimizer,
+                            lr_scale=lr_scale)
   signature = pipeline.batch_signature(cfg.data.image_channels, cfg.data.image_height,
                                        input_shape)
   step_fns = make_step_fns(
@@ -412,6 +413,17 @@ def _early_stopped(run: Run) -> bool:
   return True
 
 
+def cut_learning_rate(run: Run, factor: float) -> None:
+  """Multiplies the learning rate by `factor`: a schedule's multiplier (lr_scale) or
+  a constant rate's own variable in the optimizer. Both are variables that
+  train_step reads, so it is not retraced."""
+  if run.lr_scale is not None:
+    run.lr_scale.assign(float(tf.convert_to_tensor(run.lr_scale)) * factor)
+  else:
+    run.optimizer.learning_rate = float(
+        tf.convert_to_tensor(run.optimizer.learning_rate)) * factor
+
+
 def _after_eval(run: Run) -> bool:
   """The plateau cut and early stopping, once an eval is counted -> whether to stop.
 
@@ -420,10 +432,11 @@ def _after_eval(run: Run) -> bool:
   """
   stale = int(run.checkpoints.stale_evals)
   optim = run.cfg.optim
-  if run.lr_scale is not None and stale and stale % optim.lr_plateau_patience == 0:
-    run.lr_scale.assign(float(run.lr_scale) * optim.lr_plateau_factor)
+  if optim.lr_plateau_factor < 1.0 and stale and stale % optim.lr_plateau_patience == 0:
+    cut_learning_rate(run, optim.lr_plateau_factor)
     logging.info("No better eval CER in %d evaluations: learning rate multiplied by "
-                 "%g (now x%.3g)", stale, optim.lr_plateau_factor, float(run.lr_scale))
+                 "%g, now %.3g", stale, optim.lr_plateau_factor,
+                 float(tf.convert_to_tensor(run.optimizer.learning_rate)))
   return _early_stopped(run)
 
 

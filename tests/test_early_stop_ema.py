@@ -11,9 +11,9 @@ import tensorflow as tf
 from absl import flags
 from absl.testing import flagsaver
 
-from ctc_trainer import config, loop
+from ctc_trainer import checkpoints, config, loop, models
 from ctc_trainer.data import sources
-from tests.helpers import TINY_FLAGS
+from tests.helpers import CHARSET, HEIGHT, TINY_FLAGS, TINY_MODEL
 
 
 def tiny_config(tiny_data, workdir, *extra) -> config.Config:
@@ -88,24 +88,32 @@ def test_the_plateau_cut_lowers_the_learning_rate_and_is_restored(stopped_early)
   cfg, called = stopped_early
   stale = len(called) - 1 - int(np.argmin(CERS[:len(called)]))
   run = restored(cfg, "latest")
-  expected = cfg.optim.lr_plateau_factor ** stale
-  assert stale > 0 and float(run.lr_scale) == pytest.approx(expected)
-  assert float(tf.convert_to_tensor(run.optimizer.learning_rate)) == pytest.approx(
-      cfg.optim.learning_rate * expected)
+  assert stale > 0 and learning_rate(run) == pytest.approx(
+      cfg.optim.learning_rate * cfg.optim.lr_plateau_factor ** stale)
 
 
-def test_a_lower_learning_rate_does_not_retrace_train_step(tiny_data, tmp_path):
-  cfg = tiny_config(tiny_data, tmp_path, "--lr_plateau_factor=0.5", "--ema_decay=0.9")
+def learning_rate(run) -> float:
+  return float(tf.convert_to_tensor(run.optimizer.learning_rate))
+
+
+def first_batch(run):
+  samples = sources.load_samples(run.cfg.data, "train", run.charset)
+  return next(loop.make_iterator(run, "train", samples))
+
+
+@pytest.mark.parametrize("schedule", ["constant", "warmup_cosine"])
+def test_a_cut_does_not_retrace_train_step(tiny_data, tmp_path, schedule):
+  cfg = tiny_config(tiny_data, tmp_path, "--lr_plateau_factor=0.5", "--ema_decay=0.9",
+                    f"--lr_schedule={schedule}", "--warmup_steps=1", "--train_steps=8")
   run = loop.build_run(cfg)
-  samples = sources.load_samples(cfg.data, "train", run.charset)
-  batch = next(loop.make_iterator(run, "train", samples))
+  batch = first_batch(run)
   run.step_fns.train_step(batch)
-  run.lr_scale.assign(0.25)
+  uncut = learning_rate(run)
+  loop.cut_learning_rate(run, 0.25)
+  assert learning_rate(run) == pytest.approx(0.25 * uncut) and uncut > 0
   before = values(run.model.trainable_variables)
   run.step_fns.train_step(batch)
   assert run.step_fns.train_step.experimental_get_tracing_count() == 1
-  assert float(tf.convert_to_tensor(run.optimizer.learning_rate)) == pytest.approx(
-      0.25 * cfg.optim.learning_rate)
   assert any((a != b).any() for a, b in zip(before, values(run.model.trainable_variables)))
 
 
@@ -150,3 +158,32 @@ def test_best_and_export_hold_the_ema_weights(ema_run):
   served, _ = loop.restore_trained(ema_run, "latest")
   for a, b in zip(expected, values(served.model.trainable_variables)):
     np.testing.assert_array_equal(a, b)
+
+
+# --- checkpoints from before ---------------------------------------------------------
+
+def test_turning_on_the_plateau_cuts_resumes_a_run(tiny_data, tmp_path):
+  flags = ("--train_steps=3", "--warmup_steps=1", "--lr_schedule=warmup_cosine")
+  cfg = tiny_config(tiny_data, tmp_path, *flags)
+  run = loop.build_run(cfg)
+  run.step_fns.train_step(first_batch(run))   # past the warmup: a rate above 0
+  run.checkpoints.save(1)
+  rate = learning_rate(run)
+  assert rate > 0
+  resumed = restored(tiny_config(tiny_data, tmp_path, *flags, "--lr_plateau_factor=0.5"),
+                     "latest")
+  assert learning_rate(resumed) == pytest.approx(rate)
+
+
+def test_a_checkpoint_without_the_counters_restores(tmp_path):
+  model = models.build(TINY_MODEL, CHARSET.num_classes, (HEIGHT, None, 1))
+  # The layout written before best_step and stale_evals.
+  step = tf.Variable(7, dtype=tf.int64)
+  old = tf.train.Checkpoint(
+      step=step, best_cer=tf.Variable(0.25, dtype=tf.float64),
+      model=tf.train.Checkpoint(net=model, weights=list(model.weights)),
+      rng=checkpoints.rng_states(model))
+  path = old.save(str(tmp_path / "checkpoints" / "ckpt"))
+  restoring = checkpoints.Checkpoints(str(tmp_path), 1, model)
+  assert restoring.restore(path) == 7
+  assert float(restoring.best_cer) == 0.25 and int(restoring.stale_evals) == 0
