@@ -24,6 +24,7 @@ from ctc_trainer.config import Config, OptimConfig
 from ctc_trainer.errors import (CheckpointError, DataError, NonFiniteError,
                                 TrainingInterrupted)
 from ctc_trainer.data import failures, modalities, pipeline, sources, throughput
+from ctc_trainer.data import augment
 from ctc_trainer.steps import StepFns, decoder_sums, make_step_fns
 
 CHARSET_FILE = "charset.txt"
@@ -479,6 +480,8 @@ def train_and_evaluate(cfg: Config, after_step: Optional[Callable[[int], None]] 
     eval_writer = tf.summary.create_file_writer(os.path.join(cfg.workdir, "eval"))
   else:
     train_writer = eval_writer = tf.summary.create_noop_writer()
+  if not start_step and distribute.is_chief():
+    augment.write_preview(cfg.data, run.charset, train_samples, train_writer, 0)
 
   # 4. Train. Step outputs are summed as tensors and read once per log interval:
   #    every --log_every steps, after the first step, and at least every LOG_EVERY_S.
