@@ -1,6 +1,10 @@
 """Checkpoints under WORKDIR: the latest N in checkpoints/, the best by eval CER in
 best/. Each holds the step, the best CER so far, the model (with its dropout RNG
-state), and for training runs the optimizer and the input iterator's position.
+state), the step of the best CER and the number of evaluations since (early
+stopping and the plateau cuts count them), and for training runs the optimizer, the
+input iterator's position and, with the plateau cuts, the learning rate's multiplier.
+A checkpoint written before those counters (or before the cuts were turned on) lacks
+them: they are restored when present and start afresh otherwise.
 
 Crash safety comes from tf.train.CheckpointManager's order of work: a checkpoint's
 files are written first and the `checkpoint` index file is replaced after, so a kill
@@ -29,23 +33,32 @@ def rng_states(model) -> list:
 # Where tf.train.Checkpoint stores the best_cer variable (attribute name best_cer).
 _BEST_CER_KEY = "best_cer/.ATTRIBUTES/VARIABLE_VALUE"
 
+# Objects a checkpoint may lack (see the module docstring).
+OPTIONAL = ("best_step", "stale_evals", "lr_scale")
+
 
 class Checkpoints:
 
   def __init__(self, workdir: str, keep: int, model, **objects):
-    """objects: further trackables to save (optimizer=, iterator=); None is skipped."""
+    """objects: further trackables to save (optimizer=, iterator=, lr_scale=); None
+    is skipped."""
     self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     self.best_cer = tf.Variable(math.inf, dtype=tf.float64, trainable=False,
                                 name="best_cer")
+    # The step of the best CER and the evaluations since, kept across a resume.
+    self.best_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="best_step")
+    self.stale_evals = tf.Variable(0, dtype=tf.int64, trainable=False,
+                                   name="stale_evals")
     objects = {k: v for k, v in objects.items() if v is not None}
     # Keras 3 keeps layers held in Python lists (the models' conv blocks and RNN
     # stacks) out of TensorFlow's object graph, so through the model alone a
     # checkpoint reaches only the layers assigned directly (the classifier). Its
     # weights, by position like rng, reach them all.
     model_state = tf.train.Checkpoint(net=model, weights=list(model.weights))
-    self._checkpoint = tf.train.Checkpoint(
-        step=self.step, best_cer=self.best_cer, model=model_state,
-        rng=rng_states(model), **objects)
+    self._objects = dict(step=self.step, best_cer=self.best_cer,
+                         best_step=self.best_step, stale_evals=self.stale_evals,
+                         model=model_state, rng=rng_states(model), **objects)
+    self._checkpoint = tf.train.Checkpoint(**self._objects)
     self.latest = tf.train.CheckpointManager(
         self._checkpoint, os.path.join(workdir, "checkpoints"), max_to_keep=keep)
     self.best = tf.train.CheckpointManager(
@@ -55,6 +68,19 @@ class Checkpoints:
     """Adds trackables made after construction (the training input iterator)."""
     for name, obj in objects.items():
       setattr(self._checkpoint, name, obj)
+      self._objects[name] = obj
+
+  def _restorer(self, path: str) -> tf.train.Checkpoint:
+    """The checkpoint to restore `path` with: every object, less the optional ones
+    that `path` lacks (those keep their initial values)."""
+    names = {name.split("/")[0] for name, _ in tf.train.list_variables(path)}
+    lacking = [k for k in OPTIONAL if k in self._objects and k not in names]
+    if not lacking:
+      return self._checkpoint
+    logging.info("%s holds no %s: starting from their initial values", path,
+                 ", ".join(lacking))
+    return tf.train.Checkpoint(
+        **{k: v for k, v in self._objects.items() if k not in lacking})
 
   def _candidates(self, which: str):
     if which == "latest":
@@ -73,7 +99,7 @@ class Checkpoints:
     errors = []
     for path in self._candidates(which):
       try:
-        status = self._checkpoint.restore(path)
+        status = self._restorer(path).restore(path)
         if expect_partial:
           status.expect_partial()
         else:
@@ -113,15 +139,22 @@ class Checkpoints:
       logging.info("best/ holds CER %.4f, better than the latest checkpoint knew "
                    "(%.4f)", saved, float(self.best_cer))
       self.best_cer.assign(saved)
+      # That best came at the run's last eval: none since.
+      self.stale_evals.assign(0)
 
   def save(self, step: int) -> str:
     self.step.assign(step)
     return self._save(self.latest, step)
 
   def save_if_best(self, step: int, cer: float) -> bool:
+    """Saves best/ when `cer` beats the best so far; either way counts the eval in
+    stale_evals (0 after a new best)."""
     if cer >= float(self.best_cer):
+      self.stale_evals.assign_add(1)
       return False
     self.best_cer.assign(cer)
+    self.best_step.assign(step)
+    self.stale_evals.assign(0)
     self.step.assign(step)
     self._save(self.best, step)
     return True

@@ -151,6 +151,39 @@ class DataConfig:
       False, "Decode the training set once into RAM before training (only for sets "
       "that fit in memory); epochs are shuffled by index over the whole set, and "
       "checkpoints stay small.")
+  # Image augmentation, training only (data/augment.py). Strengths are the largest
+  # draws; each example draws uniformly up to them.
+  augment: bool = option(
+      False, "image, training only: augment training images (geometry, strokes, "
+      "blur, contrast, noise; the --augment_* flags). Never on eval or export.")
+  augment_probability: float = option(
+      0.5, "image: the fraction of training examples augmented; the others are seen "
+      "as they are.", minimum=0, check=(lambda v: v <= 1,
+                                        "--augment_probability must be <= 1"))
+  augment_rotate_deg: float = option(
+      1.5, "image: largest rotation in degrees (less on long lines: their ends move "
+      "at most a tenth of the height).", minimum=0)
+  augment_shear: float = option(0.2, "image: largest horizontal shear (slant), as "
+                                "a fraction of the height.", minimum=0)
+  augment_scale: float = option(0.08, "image: largest relative change of scale.",
+                                minimum=0, below=1)
+  augment_warp: float = option(0.03, "image: largest smooth (elastic) displacement, "
+                               "as a fraction of the height.", minimum=0)
+  augment_width_jitter: float = option(0.15, "image: largest relative change of the "
+                                       "width (time axis).", minimum=0, below=1)
+  augment_pad: float = option(0.5, "image: most padding added left and right, each, "
+                              "as a fraction of the height.", minimum=0)
+  augment_morph: float = option(0.5, "image: largest step toward a 3x3 dilation or "
+                                "erosion of the strokes (0-1).", minimum=0,
+                                check=(lambda v: v <= 1, "--augment_morph must be <= 1"))
+  augment_blur: float = option(1.0, "image: largest Gaussian blur sigma, in pixels.",
+                               minimum=0)
+  augment_contrast: float = option(0.3, "image: largest relative change of "
+                                   "contrast.", minimum=0, below=1)
+  augment_brightness: float = option(0.1, "image: largest change of brightness "
+                                     "(values are 0-1).", minimum=0)
+  augment_noise: float = option(0.05, "image: largest std of added Gaussian noise "
+                                "(values are 0-1).", minimum=0)
   # Synthetic demo data (data_format=synthetic): generated once into train/eval_data.
   synthetic_train_size: int = option(20000, "synthetic: number of training text lines "
                                      "to generate.", minimum=0)
@@ -174,6 +207,18 @@ class OptimConfig:
                              "warning, when not below --train_steps.", minimum=0)
   weight_decay: float = option(1e-4, "AdamW weight decay.")
   clip_norm: float = option(5.0, "Global gradient norm clip; 0 = off.", minimum=0)
+  lr_plateau_factor: float = option(
+      1.0, "On a plateau, multiply the learning rate by this: after "
+      "--lr_plateau_patience evaluations without a better CER (and again after each "
+      "further such run). 1.0 = off.", check=(lambda v: v is not None and 0 < v <= 1,
+                                              "--lr_plateau_factor must be in (0, 1]"))
+  lr_plateau_patience: int = option(
+      3, "Evaluations without a better CER before --lr_plateau_factor applies.",
+      minimum=1)
+  ema_decay: float = option(
+      0.0, "Keep an exponential moving average of the weights with this decay (e.g. "
+      "0.999); eval, best/ and export then use the averaged weights. 0 = off.",
+      minimum=0, below=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,6 +261,9 @@ class LoopConfig:
       choices=("float32", "mixed_bfloat16", "mixed_float16"))
   jit_compile: bool = option(False, "XLA-compile the train step's forward and backward "
                              "pass.")
+  early_stop_patience: int = option(
+      0, "Stop after this many evaluations in a row without a better primary-decoder "
+      "CER (best/ keeps the best); 0 = off.", minimum=0)
   worker_timeout_s: int = option(
       120, "multi_worker: seconds a collective waits for the other workers before the "
       "run stops with an error naming the lost peer.", minimum=1)

@@ -24,6 +24,7 @@ from ctc_trainer.config import Config, OptimConfig
 from ctc_trainer.errors import (CheckpointError, DataError, NonFiniteError,
                                 TrainingInterrupted)
 from ctc_trainer.data import failures, modalities, pipeline, sources, throughput
+from ctc_trainer.data import augment
 from ctc_trainer.steps import StepFns, decoder_sums, make_step_fns
 
 CHARSET_FILE = "charset.txt"
@@ -69,16 +70,64 @@ def warmup_steps(cfg: OptimConfig, train_steps: int) -> int:
   return shorter
 
 
-def make_optimizer(cfg: OptimConfig, train_steps: int) -> keras.optimizers.Optimizer:
+class ScaledLearningRate(keras.optimizers.schedules.LearningRateSchedule):
+  """A learning rate schedule times a non-trainable variable. The plateau cuts
+  assign the variable, so the traced train_step reads the new rate without
+  retracing, and the checkpoint carries it across a resume."""
+
+  def __init__(self, base: keras.optimizers.schedules.LearningRateSchedule,
+               scale: tf.Variable):
+    self.base, self.scale = base, scale
+
+  def __call__(self, step):
+    return tf.cast(self.base(step), tf.float32) * tf.cast(self.scale, tf.float32)
+
+  def get_config(self):
+    return {"base": self.base, "scale": float(tf.convert_to_tensor(self.scale))}
+
+
+def make_optimizer(cfg: OptimConfig, train_steps: int,
+                   lr_scale: Optional[tf.Variable] = None) -> keras.optimizers.Optimizer:
+  """The optimizer of cfg. lr_scale: a variable a scheduled learning rate is
+  multiplied by (the plateau cuts; a constant rate is cut in the optimizer's own
+  variable, which keeps the optimizer's checkpoint layout). With --ema_decay, Keras
+  keeps the weights' moving average in the optimizer, updated in apply_gradients
+  (so inside train_step)."""
   lr = cfg.learning_rate
   if cfg.lr_schedule == "warmup_cosine":
     warmup = warmup_steps(cfg, train_steps)
     lr = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0, warmup_target=cfg.learning_rate,
         warmup_steps=warmup, decay_steps=train_steps - warmup)
+  if lr_scale is not None and callable(lr):
+    lr = ScaledLearningRate(lr, lr_scale)
+  ema = {"use_ema": cfg.ema_decay > 0, "ema_momentum": cfg.ema_decay or 0.99}
   if cfg.optimizer == "adamw":
-    return keras.optimizers.AdamW(learning_rate=lr, weight_decay=cfg.weight_decay)
-  return keras.optimizers.Adam(learning_rate=lr)
+    return keras.optimizers.AdamW(learning_rate=lr, weight_decay=cfg.weight_decay, **ema)
+  return keras.optimizers.Adam(learning_rate=lr, **ema)
+
+
+def uses_ema(optimizer: Optional[keras.optimizers.Optimizer]) -> bool:
+  inner = getattr(optimizer, "inner_optimizer", optimizer)  # under loss scaling
+  return bool(getattr(inner, "use_ema", False))
+
+
+@contextlib.contextmanager
+def averaged_weights(run: "Run"):
+  """While active, the model holds the moving average of its weights (when the run
+  keeps one): what eval measures and best/ saves. The trained weights come back
+  after, so training goes on from them."""
+  if not uses_ema(run.optimizer):
+    yield
+    return
+  weights = run.model.trainable_variables
+  trained = [tf.identity(v) for v in weights]
+  run.optimizer.finalize_variable_values(weights)
+  try:
+    yield
+  finally:
+    for variable, value in zip(weights, trained):
+      variable.assign(value)
 
 
 @dataclasses.dataclass
@@ -92,6 +141,8 @@ class Run:
   optimizer: Optional[keras.optimizers.Optimizer]
   checkpoints: Checkpoints
   step_fns: StepFns
+  # The plateau cuts' multiplier of a scheduled learning rate, when they are on.
+  lr_scale: Optional[tf.Variable] = None
 
 
 def build_run(cfg: Config, for_training: bool = True) -> Run:
@@ -103,14 +154,18 @@ def build_run(cfg: Config, for_training: bool = True) -> Run:
   input_shape = pipeline.input_shape(cfg.data)
   with strategy.scope():
     model = models.build(cfg.model, charset.num_classes, input_shape)
-    optimizer = None
-    if for_training:
-      optimizer = make_optimizer(cfg.optim, cfg.loop.train_steps)
+    optimizer = lr_scale = None
+    if cfg.optim.lr_plateau_factor < 1.0 and cfg.optim.lr_schedule != "constant":
+      lr_scale = tf.Variable(1.0, trainable=False, name="lr_scale")
+    # Inference needs the optimizer too when it holds the weights' moving average.
+    if for_training or cfg.optim.ema_decay > 0:
+      optimizer = make_optimizer(cfg.optim, cfg.loop.train_steps, lr_scale)
       if cfg.loop.precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
       optimizer.build(model.trainable_variables)  # so a restore fills real slots
   checkpoints = Checkpoints(distribute.checkpoint_dir(cfg.workdir),
-                            cfg.loop.keep_checkpoints, model, optimizer=optimizer)
+                            cfg.loop.keep_checkpoints, model, optimizer=optimizer,
+                            lr_scale=lr_scale)
   signature = pipeline.batch_signature(cfg.data.image_channels, cfg.data.image_height,
                                        input_shape)
   step_fns = make_step_fns(
@@ -118,7 +173,7 @@ def build_run(cfg: Config, for_training: bool = True) -> Run:
       global_batch_size=cfg.data.batch_size, clip_norm=cfg.optim.clip_norm,
       beam_width=cfg.loop.beam_width, jit_compile=cfg.loop.jit_compile,
       decoder_names=cfg.loop.decoder)
-  return Run(cfg, charset, strategy, model, optimizer, checkpoints, step_fns)
+  return Run(cfg, charset, strategy, model, optimizer, checkpoints, step_fns, lr_scale)
 
 
 def make_iterator(run: Run, split: str, samples: sources.Source, **options):
@@ -169,19 +224,23 @@ def eval_batches(run: Run, samples: sources.Source, max_batches: int = 0,
 
 
 def evaluate(run: Run, eval_samples: sources.Source,
+             on_batch: Optional[Callable[[dict, dict], None]] = None,
              ) -> Tuple[Dict[str, float], Optional[dict], Optional[dict]]:
   """One pass over the eval set -> (metrics, first batch, its decoded samples).
 
   metrics: the primary decoder's (the first of --decoder) cer, wer, seq_accuracy and
   num_seqs, the loss, and "<decoder>/cer", "/wer", "/seq_accuracy" of each decoder,
   primary first. Sums stay tensors until the end: one host sync per eval, not one
-  per batch.
+  per batch. on_batch: called with each batch and its decoded samples (the report's
+  rows come from the very pass that gives the metrics).
   """
   cfg = run.cfg
   sums, first_batch, first_samples = {}, None, None
   for index, (batch, batch_sums, samples) in enumerate(
       eval_batches(run, eval_samples, cfg.loop.eval_max_batches)):
     sums = metrics.add_sums(sums, batch_sums)
+    if on_batch:
+      on_batch(batch, samples)
     if index == 0:
       first_replica = lambda v: run.strategy.experimental_local_results(v)[0]
       first_batch, first_samples = tf.nest.map_structure(first_replica, batch), samples
@@ -342,6 +401,46 @@ def _log_interval(interval: _Interval, step: int, run: Run, writer,
         + ", ".join(keys["nonfinite_keys"][:5]))
 
 
+def _early_stopped(run: Run) -> bool:
+  """Whether --early_stop_patience evaluations in a row brought no better CER
+  (logged when so)."""
+  patience, stale = run.cfg.loop.early_stop_patience, int(run.checkpoints.stale_evals)
+  if not patience or stale < patience:
+    return False
+  logging.info("Early stopping: no eval CER better than %.4f (step %d) in the %d "
+               "evaluations since (--early_stop_patience=%d); best/ holds that model",
+               float(run.checkpoints.best_cer), int(run.checkpoints.best_step), stale,
+               patience)
+  return True
+
+
+def cut_learning_rate(run: Run, factor: float) -> None:
+  """Multiplies the learning rate by `factor`: a schedule's multiplier (lr_scale) or
+  a constant rate's own variable in the optimizer. Both are variables that
+  train_step reads, so it is not retraced."""
+  if run.lr_scale is not None:
+    run.lr_scale.assign(float(tf.convert_to_tensor(run.lr_scale)) * factor)
+  else:
+    run.optimizer.learning_rate = float(
+        tf.convert_to_tensor(run.optimizer.learning_rate)) * factor
+
+
+def _after_eval(run: Run) -> bool:
+  """The plateau cut and early stopping, once an eval is counted -> whether to stop.
+
+  The learning rate is multiplied by --lr_plateau_factor at every
+  --lr_plateau_patience evaluations without a better CER.
+  """
+  stale = int(run.checkpoints.stale_evals)
+  optim = run.cfg.optim
+  if optim.lr_plateau_factor < 1.0 and stale and stale % optim.lr_plateau_patience == 0:
+    cut_learning_rate(run, optim.lr_plateau_factor)
+    logging.info("No better eval CER in %d evaluations: learning rate multiplied by "
+                 "%g, now %.3g", stale, optim.lr_plateau_factor,
+                 float(tf.convert_to_tensor(run.optimizer.learning_rate)))
+  return _early_stopped(run)
+
+
 def train_and_evaluate(cfg: Config, after_step: Optional[Callable[[int], None]] = None,
                        ) -> Dict[str, float]:
   """Trains to cfg.loop.train_steps, resuming from cfg.workdir; returns final eval.
@@ -374,11 +473,15 @@ def train_and_evaluate(cfg: Config, after_step: Optional[Callable[[int], None]] 
   start_step = run.checkpoints.restore("latest")
   if start_step:
     logging.info("Resuming at step %d of %d", start_step, loop.train_steps)
+  # A run that stopped early stays stopped.
+  stopping = bool(start_step) and _early_stopped(run)
   if distribute.is_chief():
     train_writer = tf.summary.create_file_writer(os.path.join(cfg.workdir, "train"))
     eval_writer = tf.summary.create_file_writer(os.path.join(cfg.workdir, "eval"))
   else:
     train_writer = eval_writer = tf.summary.create_noop_writer()
+  if not start_step and distribute.is_chief():
+    augment.write_preview(cfg.data, run.charset, train_samples, train_writer, 0)
 
   # 4. Train. Step outputs are summed as tensors and read once per log interval:
   #    every --log_every steps, after the first step, and at least every LOG_EVERY_S.
@@ -386,7 +489,7 @@ def train_and_evaluate(cfg: Config, after_step: Optional[Callable[[int], None]] 
   progress = (time.time(), start_step)
   step, results = start_step, None
   with _stop_requests() as stop:
-    while step < loop.train_steps:
+    while step < loop.train_steps and not stopping:
       fetch_start = time.time()
       batch = _next_batch(iterator, train_samples, cfg.data)
       wait = time.time() - fetch_start
@@ -404,14 +507,18 @@ def train_and_evaluate(cfg: Config, after_step: Optional[Callable[[int], None]] 
         if first:   # the ETA counts from the end of the first step
           progress = (time.time(), start_step)
 
-      # 5. Evaluate and keep the best; checkpoint on schedule, at the end, and when
-      #    asked to stop. The time this takes is left out of examples/sec.
+      # 5. Evaluate (the averaged weights, with --ema_decay) and keep the best; cut
+      #    the learning rate or stop early on a plateau; checkpoint on schedule, at
+      #    the end, and when asked to stop. The time this takes is left out of
+      #    examples/sec.
       pause_start = time.time()
       if step % loop.eval_every == 0 or final:
-        results = _eval_and_report(run, eval_samples, eval_writer, step)
-        if run.checkpoints.save_if_best(step, results["cer"]):
-          logging.info("New best eval CER %.4f at step %d", results["cer"], step)
-      if step % loop.checkpoint_every == 0 or final or stop:
+        with averaged_weights(run):
+          results = _eval_and_report(run, eval_samples, eval_writer, step)
+          if run.checkpoints.save_if_best(step, results["cer"]):
+            logging.info("New best eval CER %.4f at step %d", results["cer"], step)
+        stopping = _after_eval(run)
+      if step % loop.checkpoint_every == 0 or final or stop or stopping:
         logging.info("Saved checkpoint %s", run.checkpoints.save(step))
       if stop and not final:
         train_writer.flush()
@@ -420,9 +527,10 @@ def train_and_evaluate(cfg: Config, after_step: Optional[Callable[[int], None]] 
       if after_step:
         after_step(step)
 
-  # 6. A run resumed at or past its end only evaluates.
+  # 6. A run resumed at or past its end, or one that stopped early, only evaluates.
   if results is None:
-    results, _, _ = evaluate(run, eval_samples)
+    with averaged_weights(run):
+      results, _, _ = evaluate(run, eval_samples)
     logging.info("Already trained to step %d: %s", start_step, format_eval(results))
   return results
 
@@ -435,13 +543,19 @@ def restore_trained(cfg: Config, which: str = "latest") -> Tuple[Run, int]:
   step = run.checkpoints.restore(which, expect_partial=True)
   if not step:
     raise CheckpointError(f"no checkpoint in {cfg.workdir}: train first")
+  if uses_ema(run.optimizer):
+    # Inference uses the moving average: the model takes its values for good.
+    run.optimizer.finalize_variable_values(run.model.trainable_variables)
   return run, step
 
 
-def evaluate_checkpoint(cfg: Config, which: str = "latest") -> Dict[str, float]:
-  """Restores a checkpoint of cfg.workdir ('latest', 'best' or a path) and evaluates."""
+def evaluate_checkpoint(cfg: Config, which: str = "latest",
+                        on_batch: Optional[Callable[[dict, dict], None]] = None,
+                        ) -> Dict[str, float]:
+  """Restores a checkpoint of cfg.workdir ('latest', 'best' or a path) and evaluates
+  (on_batch: as for evaluate)."""
   run, step = restore_trained(cfg, which)
   eval_samples = sources.load_samples(cfg.data, "eval", run.charset)
-  results, _, _ = evaluate(run, eval_samples)
+  results, _, _ = evaluate(run, eval_samples, on_batch)
   results["step"] = step
   return results

@@ -20,16 +20,25 @@ def _edits(hyp: tf.RaggedTensor, ref: tf.RaggedTensor) -> tf.Tensor:
   return tf.edit_distance(hyp.to_sparse(), ref.to_sparse(), normalize=False)
 
 
-def batch_sums(predictions: tf.Tensor, references: tf.Tensor) -> Dict[str, tf.Tensor]:
-  """predictions, references: string [B] -> dict of float32 scalar sums (SUM_KEYS)."""
+def sample_char_counts(predictions: tf.Tensor,
+                       references: tf.Tensor) -> Dict[str, tf.Tensor]:
+  """predictions, references: string [B] -> {"char_edits", "ref_chars"}: float32 [B],
+  each sample's character edits and reference characters (batch_sums adds them up)."""
   hyp_chars = tf.strings.unicode_split(predictions, "UTF-8")
   ref_chars = tf.strings.unicode_split(references, "UTF-8")
+  return {"char_edits": _edits(hyp_chars, ref_chars),
+          "ref_chars": tf.cast(ref_chars.row_lengths(), tf.float32)}
+
+
+def batch_sums(predictions: tf.Tensor, references: tf.Tensor) -> Dict[str, tf.Tensor]:
+  """predictions, references: string [B] -> dict of float32 scalar sums (SUM_KEYS)."""
+  chars = sample_char_counts(predictions, references)
   hyp_words = tf.strings.split(predictions)
   ref_words = tf.strings.split(references)
   f32 = lambda x: tf.cast(x, tf.float32)
   return {
-      "char_edits": tf.reduce_sum(_edits(hyp_chars, ref_chars)),
-      "ref_chars": f32(tf.reduce_sum(ref_chars.row_lengths())),
+      "char_edits": tf.reduce_sum(chars["char_edits"]),
+      "ref_chars": tf.reduce_sum(chars["ref_chars"]),
       "word_edits": tf.reduce_sum(_edits(hyp_words, ref_words)),
       "ref_words": f32(tf.reduce_sum(ref_words.row_lengths())),
       "seq_correct": tf.reduce_sum(f32(tf.equal(predictions, references))),

@@ -25,8 +25,9 @@ class StepFns:
   #           weights and optimizer untouched and reports skipped = 1.
   train_step: Callable
   # batch -> ({"<decoder>/<sum>" per decoder and metrics.SUM_KEYS, loss_sum,
-  #           loss_examples}, {decoder: its top-1 strings [B]}), for every decoder
-  #           named to make_step_fns.
+  #           loss_examples}, {decoder: its top-1 strings [B], "<decoder>/log_prob":
+  #           their log probabilities float32 [B]}), for every decoder named to
+  #           make_step_fns.
   eval_step: Callable
 
 
@@ -114,9 +115,10 @@ def make_step_fns(model, optimizer, charset: Charset, strategy: tf.distribute.St
             "loss_examples": tf.reduce_sum(tf.cast(feasible, tf.float32))}
     samples = {}
     for decoder in eval_decoders:
-      paths, _ = decoder(logits, logit_length, decoder_config)
+      paths, log_probs = decoder(logits, logit_length, decoder_config)
       texts = charset.decode(paths[0])
       samples[decoder.name] = texts
+      samples[f"{decoder.name}/log_prob"] = log_probs[:, 0]
       for key, value in metrics.batch_sums(texts, batch["text"]).items():
         sums[f"{decoder.name}/{key}"] = value
     return sums, samples

@@ -112,15 +112,16 @@ def test_eval_step_reports_sums_per_configured_decoder():
   model, fns = build_steps(decoder_names=("greedy", "beam"))
   batch = make_batch(TEXTS, 40)
   sums, samples = fns.eval_step(batch)
-  assert set(samples) == {"greedy", "beam"}
+  assert set(samples) == {"greedy", "beam", "greedy/log_prob", "beam/log_prob"}
   assert set(sums) == {"loss_sum", "loss_examples"} | {
       f"{name}/{key}" for name in ("greedy", "beam") for key in metrics.SUM_KEYS}
   # Each decoder's sums are the metric sums of its own strings.
   logits = model(batch["inputs"], input_length=batch["input_length"], training=False)
-  paths, _ = decoders.get("greedy")(logits, model.output_length(batch["input_length"]),
-                                    DecoderConfig())
+  paths, scores = decoders.get("greedy")(
+      logits, model.output_length(batch["input_length"]), DecoderConfig())
   expected = metrics.batch_sums(CHARSET.decode(paths[0]), batch["text"])
   assert samples["greedy"].numpy().tolist() == CHARSET.decode(paths[0]).numpy().tolist()
+  np.testing.assert_allclose(samples["greedy/log_prob"], scores[:, 0], rtol=1e-5)
   for key in metrics.SUM_KEYS:
     assert float(sums[f"greedy/{key}"]) == pytest.approx(float(expected[key]))
   beam = metrics.batch_sums(samples["beam"], batch["text"])

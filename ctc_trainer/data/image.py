@@ -13,6 +13,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
+from ctc_trainer.data import augment as augment_lib
 from ctc_trainer.data.modality import Modality
 
 # ITU-R 601 luma weights, normalised so that white stays exactly white. NumPy, not
@@ -98,8 +99,8 @@ def decode_and_resize(encoded: tf.Tensor, height: int, channels: int,
 
 
 class ImageModality(Modality):
-  """Text-line images [H, W, C], W along time; no augmentation yet (the hook is
-  `augment`)."""
+  """Text-line images [H, W, C], W along time; augmented for training with
+  --augment (augment.py)."""
   name = "image"
   expected = "(empty, truncated or not PNG, JPEG, GIF or BMP)"
 
@@ -138,6 +139,9 @@ class ImageModality(Modality):
       return tf.cond(ok, lambda: ok, warn)
 
     return ds.filter(fits)
+
+  def augment(self, ds: tf.data.Dataset, seed: int) -> tf.data.Dataset:
+    return augment_lib.augment_dataset(ds, self.cfg, seed)
 
   def serve(self, encoded: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
     height, channels = self.cfg.image_height, self.cfg.image_channels
