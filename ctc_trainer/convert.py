@@ -21,7 +21,7 @@ from typing import Iterator, List
 import tensorflow as tf
 
 from ctc_trainer import host, loop
-from ctc_trainer.data import audio, pipeline
+from ctc_trainer.data import modalities, pipeline
 
 FORMATS = ("saved_model", "tflite", "tflite_int8", "onnx")
 ONNX_OPSET = 17
@@ -54,14 +54,13 @@ def _frozen(function) -> tf.types.experimental.ConcreteFunction:
 def calibration_inputs(run: loop.Run, num_examples: int) -> Iterator[List[tf.Tensor]]:
   """[inputs [1, ...], input_length [1]] of `num_examples` examples of the training
   pipeline (shuffled and augmented as training sees them), each cut to its length."""
-  modality_axis = 2 if len(pipeline.input_shape(run.cfg.data)) == 3 else 1
+  time_axis = modalities.get(run.cfg.data).time_axis
   count = 0
   for batch in pipeline.make_dataset(run.cfg.data, run.charset, "train"):
     for i, length in enumerate(batch["input_length"].numpy()):
       if count == num_examples:
         return
-      example = batch["inputs"][i:i + 1]
-      example = (example[:, :, :length] if modality_axis == 2 else example[:, :length])
+      example = tf.gather(batch["inputs"][i:i + 1], tf.range(length), axis=time_axis)
       yield [example, batch["input_length"][i:i + 1]]
       count += 1
 
@@ -90,22 +89,11 @@ def to_onnx(run: loop.Run, path: str, input_scale: float = 1.0) -> None:
 
 def sidecar(run: loop.Run, fmt: str) -> dict:
   """What host.Recognizer needs to run the model: format, charset, preprocessing."""
-  data = run.cfg.data
-  info = {"format": fmt, "charset": list(run.charset.symbols), "blank": 0,
-          "modality": data.modality, "time_stride": run.model.stride,
+  modality = modalities.get(run.cfg.data)
+  return {"format": fmt, "charset": list(run.charset.symbols), "blank": 0,
+          "modality": modality.name, modality.name: modality.host_settings(),
+          "time_stride": run.model.stride,
           "batch": 1 if fmt.startswith("tflite") else None}
-  if data.modality == "audio":
-    a = data.audio
-    info["audio"] = {"sample_rate": a.sample_rate, "frame_length": audio.frame_length(a),
-                     "frame_step": audio.frame_step(a), "fft_length": audio.fft_length(a),
-                     "num_mel_bins": a.num_mel_bins, "lower_edge_hz": audio.LOWER_EDGE_HZ,
-                     "log_offset": audio.LOG_OFFSET,
-                     "variance_floor": audio._VARIANCE_FLOOR,
-                     "max_samples": audio.max_samples(a)}
-  else:
-    info["image"] = {"height": data.image_height, "channels": data.image_channels,
-                     "max_width": data.max_image_width}
-  return info
 
 
 def write(run: loop.Run, fmt: str, folder: str, calibration_examples: int = 100,

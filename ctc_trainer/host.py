@@ -197,6 +197,19 @@ def log_mel(waveform: np.ndarray, audio: dict) -> np.ndarray:
   return ((features - mean) / np.sqrt(variance + audio["variance_floor"])).astype(np.float32)
 
 
+def _image_features(encoded: bytes, image: dict) -> np.ndarray:
+  return preprocess_image(encoded, image["height"], image["channels"],
+                          image["max_width"])
+
+
+def _audio_features(encoded: bytes, audio: dict) -> np.ndarray:
+  return log_mel(decode_wav(encoded, audio["sample_rate"], audio["max_samples"]), audio)
+
+
+# The sidecar's modality -> its preprocessing (data/image.py, data/audio.py in NumPy).
+_FEATURES = {"image": _image_features, "audio": _audio_features}
+
+
 # --- the runtimes -------------------------------------------------------------------
 
 class _TFLiteModel:
@@ -282,13 +295,8 @@ class Recognizer:
     """One file's bytes -> the model's inputs for it: [H, W, C] or [T, F]."""
     if not encoded:
       raise InputError("empty input bytes")
-    if self.info["modality"] == "audio":
-      audio = self.info["audio"]
-      return log_mel(decode_wav(encoded, audio["sample_rate"], audio["max_samples"]),
-                     audio)
-    image = self.info["image"]
-    return preprocess_image(encoded, image["height"], image["channels"],
-                            image["max_width"])
+    modality = self.info["modality"]
+    return _FEATURES[modality](encoded, self.info[modality])
 
   def logits(self, features: List[np.ndarray]) -> List[np.ndarray]:
     """Inputs of several examples -> their logits [T'_i, classes], padding cut off."""
