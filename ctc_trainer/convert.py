@@ -76,7 +76,16 @@ def to_tflite(run: loop.Run, int8: bool, calibration_examples: int = 100,
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = lambda: calibration_inputs(run,
                                                                   calibration_examples)
-  return converter.convert()
+  return _stripped(converter.convert())
+
+
+def _stripped(flatbuffer: bytes) -> bytes:
+  """The model without its tensor names (host.py finds its inputs and outputs by
+  rank): about 30 kB of a 1.2 MB float model, 8% of its int8 version."""
+  from tensorflow.lite.tools import flatbuffer_utils
+  model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+  flatbuffer_utils.strip_strings(model)
+  return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def to_onnx(run: loop.Run, path: str, input_scale: float = 1.0) -> None:
