@@ -16,7 +16,7 @@ imports none of them.
 
 import os
 import shutil
-from typing import Iterator, List
+from typing import Iterator, List, Optional
 
 import tensorflow as tf
 
@@ -27,15 +27,18 @@ FORMATS = ("saved_model", "tflite", "tflite_int8", "onnx")
 ONNX_OPSET = 17
 
 
-def graph_function(run: loop.Run, batch: int = None, input_scale: float = 1.0):
+def graph_function(run: loop.Run, batch: Optional[int] = None,
+                   input_scale: float = 1.0):
   """The model as a tf.function (inputs, input_length) -> {logits, logit_length}.
   `input_scale` multiplies the inputs; only tests set it, to break parity."""
   model = run.model
   shape = pipeline.input_shape(run.cfg.data)
 
+  # No AutoGraph: the model's Python branches are on static values, and its loops
+  # are tf.while_loops already.
   @tf.function(input_signature=[
       tf.TensorSpec([batch, *shape], tf.float32, name="inputs"),
-      tf.TensorSpec([batch], tf.int32, name="input_length")])
+      tf.TensorSpec([batch], tf.int32, name="input_length")], autograph=False)
   def logits(inputs, input_length):
     return {"logits": model(inputs * input_scale, input_length=input_length,
                             training=False),

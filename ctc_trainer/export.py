@@ -389,7 +389,7 @@ def check_parity(run: loop.Run, serve: ServeFn, samples: sources.Source,
   """Compares the checkpoint's eval step with `serve` (the encoded bytes the eval
   pipeline read, through the exported preprocessing) on the same examples (the first
   `limit` when > 0), scored with the same metric code: CER on both sides, and each
-  transcription, both by the run's primary decoder (the one the export serves).
+  transcription, both by the decoder the export serves.
 
   Files the pipeline drops (policy 'skip') are left out of both; with policy 'error'
   an undecodable file raises a DataError naming it. fmt: the export's format; an
@@ -397,7 +397,12 @@ def check_parity(run: loop.Run, serve: ServeFn, samples: sources.Source,
   allowed.
   """
   cfg = run.cfg
-  primary = cfg.loop.decoder[0]
+  # What the export decodes with: the primary decoder inside a SavedModel, greedy
+  # on the host for the other formats.
+  primary = cfg.loop.decoder[0] if fmt == "saved_model" else "greedy"
+  if primary not in cfg.loop.decoder:
+    raise ConfigError(f"--format={fmt} is gated against the greedy decoder; the run "
+                      f"evaluates only --decoder={','.join(cfg.loop.decoder)}")
   sums, paths, labels, expected, encoded = {}, [], [], [], []
   for batch, batch_sums, decoded in loop.eval_batches(run, samples, limit=limit,
                                                       keep_encoded=True):
@@ -431,32 +436,49 @@ def check_parity(run: loop.Run, serve: ServeFn, samples: sources.Source,
 # --- the export tool's work ----------------------------------------------------------
 
 def export_checkpoint(cfg: Config, export_dir: str, which: str = "latest",
-                      top_k: Optional[int] = None, parity_samples: int = 0,
-                      input_scale: float = 1.0, fmt: str = "saved_model",
-                      int8_cer_tolerance: float = INT8_CER_TOLERANCE,
-                      calibration_examples: int = 100) -> Parity:
-  """Restores checkpoint `which` of cfg.workdir, exports it as `fmt` (one of
-  convert.FORMATS), and gates the export.
+                      fmt: str = "saved_model", **options) -> Parity:
+  """Restores checkpoint `which` of cfg.workdir and exports it as `fmt` (one of
+  convert.FORMATS) behind the parity gate: see export_run, which takes `options`.
+  Returns the Parity."""
+  _check_target(export_dir, fmt, options.get("top_k"))
+  if fmt != "saved_model":
+    # The host decodes greedily: the checkpoint's side of the gate needs no other.
+    cfg = dataclasses.replace(cfg, loop=dataclasses.replace(cfg.loop, decoder=("greedy",)))
+  run, step = loop.restore_trained(cfg, which)
+  return export_run(run, step, export_dir, which, fmt, **options)
 
-  The export is written beside export_dir, loaded back and evaluated against the
-  checkpoint on the eval set (its first `parity_samples` when > 0): a SavedModel with
-  the run's primary decoder, TFLite and ONNX through ctc_trainer.host against the
-  checkpoint's greedy decoder. Only when the gate passes does it replace export_dir;
-  otherwise it is deleted. Returns the Parity.
-  """
+
+def _check_target(export_dir: str, fmt: str, top_k: Optional[int]) -> None:
+  """Raises a user error for a format, top_k or export_dir that cannot be written."""
   if fmt not in convert.FORMATS:
     raise ConfigError(f"--format={fmt}: expected one of {', '.join(convert.FORMATS)}")
-  export_dir = os.path.abspath(export_dir)
+  if fmt != "saved_model" and top_k not in (None, 1):
+    raise ConfigError(f"--top_k={top_k}: --format={fmt} decodes greedily, one path")
   if os.path.exists(export_dir):
     try:
       host.detect_format(export_dir)
     except (FileNotFoundError, ValueError, KeyError):
-      raise ExportError(f"--export_dir={export_dir} exists and is not an export "
-                        "(SavedModel, TFLite or ONNX); refusing to overwrite it") from None
-  if fmt != "saved_model":
-    # The host decodes greedily: the checkpoint's side of the gate does too.
-    cfg = dataclasses.replace(cfg, loop=dataclasses.replace(cfg.loop, decoder=("greedy",)))
-  run, step = loop.restore_trained(cfg, which)
+      raise ExportError(f"--export_dir={os.path.abspath(export_dir)} exists and is not "
+                        "an export (SavedModel, TFLite or ONNX); refusing to overwrite "
+                        "it") from None
+
+
+def export_run(run: loop.Run, step: int, export_dir: str, which: str = "latest",
+               fmt: str = "saved_model", top_k: Optional[int] = None,
+               parity_samples: int = 0, input_scale: float = 1.0,
+               int8_cer_tolerance: float = INT8_CER_TOLERANCE,
+               calibration_examples: int = 100) -> Parity:
+  """Exports a restored run (checkpoint `which`, at `step`) as `fmt`, and gates it.
+
+  The export is written beside export_dir, loaded back and evaluated against the
+  run's eval step on the eval set (its first `parity_samples` when > 0): a SavedModel
+  with the run's primary decoder, TFLite and ONNX through ctc_trainer.host against
+  its greedy decoder (which the run must evaluate). Only when the gate passes does
+  it replace export_dir; otherwise it is deleted. Returns the Parity.
+  """
+  _check_target(export_dir, fmt, top_k)
+  cfg = run.cfg
+  export_dir = os.path.abspath(export_dir)
   samples = sources.load_samples(cfg.data, "eval", run.charset)
 
   parent = os.path.dirname(export_dir)
@@ -467,7 +489,10 @@ def export_checkpoint(cfg: Config, export_dir: str, which: str = "latest",
       module = ServingModule.from_run(run, top_k, input_scale)
       export(module, staging)
       info = {"decoder": module.decoder_name, "beam_width": module.beam_width,
-              "top_k": module.top_k, "charset_size": len(module._charset.symbols)}
+              "top_k": module.top_k, "charset_size": len(module._charset.symbols),
+              "image_height": cfg.data.image_height,
+              "image_channels": cfg.data.image_channels,
+              "max_image_width": cfg.data.max_image_width}
       info_path = os.path.join(staging, INFO_FILE)
     else:
       convert.write(run, fmt, staging, calibration_examples, input_scale)
@@ -479,9 +504,6 @@ def export_checkpoint(cfg: Config, export_dir: str, which: str = "latest",
                           int8_cer_tolerance)
     if parity.ok:
       info.update(workdir=cfg.workdir, checkpoint=which, step=step,
-                  image_height=cfg.data.image_height,
-                  image_channels=cfg.data.image_channels,
-                  max_image_width=cfg.data.max_image_width,
                   parity=dataclasses.asdict(parity))
       _write_json(info_path, info)
       _replace_dir(staging, export_dir)

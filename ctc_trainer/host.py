@@ -79,9 +79,9 @@ def _decode_image(encoded: bytes) -> np.ndarray:
       array = np.asarray(im)
   except Exception as e:   # Pillow raises many kinds for bad bytes
     raise InputError(f"cannot decode image: {e}") from None
-  scale = np.float32(1.0 / 65535.0) if array.dtype.itemsize == 2 or array.dtype == np.int32 \
-      else np.float32(1.0 / 255.0)
-  image = array.astype(np.float32) * scale
+  # 8-bit images in 1/255 steps, 16-bit ones (uint16, or int32 from mode "I") in 1/65535.
+  depth = 255.0 if array.dtype.itemsize == 1 else 65535.0
+  image = array.astype(np.float32) * np.float32(1.0 / depth)
   if image.ndim == 2:
     image = image[..., None]
   if image.shape[-1] % 2 == 0:   # gray + alpha, RGBA
@@ -250,8 +250,7 @@ class _OnnxModel:
 
   def __init__(self, path: str):
     import onnxruntime
-    options = onnxruntime.SessionOptions()
-    self._session = onnxruntime.InferenceSession(path, options,
+    self._session = onnxruntime.InferenceSession(path,
                                                  providers=["CPUExecutionProvider"])
 
   def __call__(self, features: List[np.ndarray]) -> List[np.ndarray]:

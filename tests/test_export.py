@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ctc_trainer import export, loop, metrics
+from ctc_trainer import export, metrics
 from ctc_trainer.errors import ConfigError
 from ctc_trainer.data import pipeline
 from tests.helpers import load_tool, run_main, run_process
@@ -22,9 +22,9 @@ def export_cli(*args):
 
 
 @pytest.fixture(scope="module")
-def trainer(tiny_run):
+def trainer(restored):
   """The exported (latest) checkpoint, restored in this process."""
-  trainer, step = loop.restore_trained(tiny_run.config(), "latest")
+  trainer, step = restored
   assert step == 6
   return trainer
 

@@ -4,7 +4,6 @@ no TensorFlow exactly as the checkpoint's greedy decoder does (int8: within its 
 tolerance), is read by predict --model_path, and a failed gate writes nothing. The host's
 preprocessing is the training pipeline's. Skipped without the `export` extra."""
 
-import dataclasses
 import io
 import json
 import os
@@ -18,7 +17,7 @@ pytest.importorskip("tf2onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("ai_edge_litert")
 
-from ctc_trainer import export, host, loop, metrics, predict, steps  # noqa: E402
+from ctc_trainer import export, host, metrics, predict, steps  # noqa: E402
 from ctc_trainer.data import image, pipeline  # noqa: E402
 from tests.helpers import load_tool, run_main, start_process  # noqa: E402
 
@@ -33,29 +32,26 @@ def export_cli(*args):
 
 
 @pytest.fixture(scope="module")
-def exports(tiny_run, tmp_path_factory):
-  """Each format converted once by the export tool, through its gate -> {format:
-  export folder}."""
+def exports(restored, tmp_path_factory):
+  """Each format converted once from the restored tiny run (the export tool's
+  export_run), through its gate -> {format: export folder}."""
+  run, step = restored
   folders = {}
   for fmt in FORMATS:
     folder = tmp_path_factory.mktemp(fmt) / "export"
-    ran = export_cli(f"--workdir={tiny_run.workdir}", f"--export_dir={folder}",
-                     f"--format={fmt}", "--calibration_examples=16")
-    assert ran.code == 0, ran.err[-3000:]
-    assert "parity gate passed" in ran.out
+    parity = export.export_run(run, step, str(folder), fmt=fmt, calibration_examples=16)
+    assert parity.ok, parity.describe()
     folders[fmt] = folder
   return folders
 
 
 @pytest.fixture(scope="module")
-def checkpoint_greedy(tiny_run):
+def checkpoint_greedy(restored):
   """The eval set's greedy transcriptions by the checkpoint's eval step, and its CER
   -> ({path: text}, cer)."""
-  cfg = tiny_run.config()
-  cfg = dataclasses.replace(cfg, loop=dataclasses.replace(cfg.loop, decoder=("greedy",)))
-  run, _ = loop.restore_trained(cfg, "latest")
+  run, _ = restored
   texts, sums = {}, {}
-  for batch in pipeline.make_dataset(cfg.data, run.charset, "eval"):
+  for batch in pipeline.make_dataset(run.cfg.data, run.charset, "eval"):
     batch_sums, decoded = run.step_fns.eval_step(batch)
     sums = metrics.add_sums(sums, batch_sums)
     texts.update(zip([k.decode() for k in batch["key"].numpy()],
@@ -145,7 +141,8 @@ def test_predict_reads_any_format(exports, served, tiny_run):
     assert [(p, t) for p, t, _ in lines] == [(p, served[fmt]["texts"][p]) for p in paths]
 
 
-def test_failed_gate_writes_nothing(tiny_run, tmp_path):
+def test_export_tool_format_whose_gate_fails_writes_nothing(tiny_run, tmp_path):
+  """The tool's --format, through a gate that fails: nothing is written."""
   ran = export_cli(f"--workdir={tiny_run.workdir}", f"--export_dir={tmp_path / 'out'}",
                    "--format=tflite", "--parity_test_perturb=10", "--parity_samples=8")
   assert ran.code == 1, ran.err[-2000:]
