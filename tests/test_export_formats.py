@@ -19,7 +19,7 @@ pytest.importorskip("ai_edge_litert")
 
 from ctc_trainer import export, host, metrics, predict, steps  # noqa: E402
 from ctc_trainer.data import image, pipeline  # noqa: E402
-from tests.helpers import load_tool, run_main, start_process  # noqa: E402
+from tests.helpers import REPO, load_tool, run_main, start_process  # noqa: E402
 
 FORMATS = ("tflite", "tflite_int8", "onnx")
 RUNTIMES = {"tflite": "ai_edge_litert", "tflite_int8": "ai_edge_litert",
@@ -61,17 +61,20 @@ def checkpoint_greedy(restored):
 
 # A process with the export's folder and nothing of ctc_trainer or TensorFlow: it
 # imports the ctc_host.py shipped beside the model, transcribes, and reports which
-# runtimes it imported.
+# runtimes it imported; then it imports ctc_trainer.host, from the repository.
 RUN_WITHOUT_TF = textwrap.dedent("""
     import json, sys
-    folder, paths = sys.argv[1], sys.argv[2:]
+    folder, repo, paths = sys.argv[1], sys.argv[2], sys.argv[3:]
     sys.path.insert(0, folder)
     import ctc_host
     model = ctc_host.load(folder)
     texts = [text for text, _ in model.transcribe([open(p, "rb").read() for p in paths])]
-    print(json.dumps({"texts": texts, "modules": sorted(
-        m for m in ("tensorflow", "ctc_trainer", "onnxruntime", "ai_edge_litert")
-        if m in sys.modules)}))
+    loaded = lambda: sorted(m for m in ("tensorflow", "ctc_trainer", "onnxruntime",
+                                        "ai_edge_litert") if m in sys.modules)
+    modules = loaded()
+    sys.path.insert(0, repo)
+    import ctc_trainer.host
+    print(json.dumps({"texts": texts, "modules": modules, "after_package": loaded()}))
 """)
 
 
@@ -80,8 +83,8 @@ def served(tiny_run, exports):
   """Each export run in its own child process (all at once) -> {format: its report}."""
   paths = [p for p, _ in tiny_run.eval_images()]
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH="")
-  procs = {fmt: start_process("-c", RUN_WITHOUT_TF, exports[fmt], *paths, env=env,
-                              stdout=-1, stderr=-1) for fmt in FORMATS}
+  procs = {fmt: start_process("-c", RUN_WITHOUT_TF, exports[fmt], REPO, *paths,
+                              env=env, stdout=-1, stderr=-1) for fmt in FORMATS}
   reports = {}
   for fmt, proc in procs.items():
     out, err = proc.communicate(timeout=120)
@@ -95,6 +98,8 @@ def served(tiny_run, exports):
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_loads_without_tensorflow_with_its_runtime_alone(served, fmt):
   assert served[fmt]["modules"] == [RUNTIMES[fmt]]
+  # The package's own copy imports no TensorFlow either.
+  assert served[fmt]["after_package"] == sorted([RUNTIMES[fmt], "ctc_trainer"])
 
 
 @pytest.mark.parametrize("fmt", ["tflite", "onnx"])
