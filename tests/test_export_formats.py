@@ -146,12 +146,24 @@ def test_predict_reads_any_format(exports, served, tiny_run):
     assert [(p, t) for p, t, _ in lines] == [(p, served[fmt]["texts"][p]) for p in paths]
 
 
-def test_export_tool_format_whose_gate_fails_writes_nothing(tiny_run, tmp_path):
-  """The tool's --format, through a gate that fails: nothing is written."""
+def test_failed_gate_writes_nothing(restored, tmp_path):
+  """The converted graph's inputs scaled tenfold: the gate fails, nothing is written."""
+  run, step = restored
+  parity = export.export_run(run, step, str(tmp_path / "out"), fmt="tflite",
+                             input_scale=10.0, parity_samples=8)
+  assert not parity.ok and parity.num_different > 0
+  assert "parity gate FAILED" in parity.describe() and "TFLite CER" in parity.describe()
+  assert os.listdir(tmp_path) == []
+
+
+def test_export_tool_takes_the_format_and_its_options(tiny_run, tmp_path):
   ran = export_cli(f"--workdir={tiny_run.workdir}", f"--export_dir={tmp_path / 'out'}",
-                   "--format=tflite", "--parity_test_perturb=10", "--parity_samples=8")
-  assert ran.code == 1, ran.err[-2000:]
-  assert "parity gate FAILED" in ran.out and "TFLite CER" in ran.out
+                   "--format=onnx", "--top_k=3")
+  assert ran.code == 2
+  assert "--top_k=3: --format=onnx decodes greedily, one path" in ran.err
+  ran = export_cli(f"--workdir={tiny_run.workdir}", f"--export_dir={tmp_path / 'out'}",
+                   "--format=tflite_int8", "--int8_cer_tolerance=-1")
+  assert ran.code == 1 and "int8_cer_tolerance" in ran.err
   assert os.listdir(tmp_path) == []
 
 
