@@ -23,6 +23,10 @@ does not depend on what it is batched with.
 The parity gate runs the eval pipeline with the encoded bytes it decoded, and serves
 those same bytes: it never reopens a file, so shards whose original files are gone
 (or whose keys are not paths) gate as well as listed files.
+
+TFLite (float, int8) and ONNX exports (convert.py) hold the model alone and run with
+ctc_trainer.host (NumPy preprocessing and greedy decoding, no TensorFlow); the same
+gate compares them with the checkpoint's greedy decoder.
 """
 
 import dataclasses
@@ -35,24 +39,32 @@ import tempfile
 import time
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
 
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from ctc_trainer import decoders, loop, metrics, steps
+from ctc_trainer import convert, decoders, host, loop, metrics, steps
 from ctc_trainer.charset import Charset
 from ctc_trainer.config import Config, DataConfig
 from ctc_trainer.errors import ConfigError, DataError, ExportError
 from ctc_trainer.data import modalities, pipeline, sources
 
 DEFAULT_TOP_K = 5   # or what the decoder gives, if fewer
-# The gate's bound on |checkpoint CER - SavedModel CER|: the two must agree exactly,
-# up to float rounding of the sums.
+# The gate's bound on |checkpoint CER - exported CER| for float formats: the two must
+# agree exactly, up to float rounding of the sums.
 PARITY_TOLERANCE = 1e-6
+# The int8 model's default bound: 0.1 percentage point of CER.
+INT8_CER_TOLERANCE = 0.001
+FORMAT_NAMES = {"saved_model": "SavedModel", "tflite": "TFLite",
+                "tflite_int8": "TFLite int8", "onnx": "ONNX"}
 INFO_FILE = os.path.join("assets.extra", "export.json")
 _PROGRESS_EVERY_S = 10.0
 
-# A serving function: image bytes string [B] -> the outputs dict above.
-ServeFn = Callable[[tf.Tensor], Dict[str, tf.Tensor]]
+# A serving function: encoded files (a list of bytes) -> the outputs dict above, as
+# tensors or NumPy arrays.
+ServeFn = Callable[[List[bytes]], Dict[str, object]]
+# What a serving function raises for input it cannot decode.
+INPUT_ERRORS = (tf.errors.InvalidArgumentError, host.InputError)
 
 
 class ServingModule(tf.Module):
@@ -171,14 +183,37 @@ def load(export_dir: str):
 
 
 def serving_fn(served) -> ServeFn:
-  """The bytes-in function of a loaded SavedModel or of a ServingModule."""
+  """The bytes-in function of a loaded SavedModel, a ServingModule or a
+  host.Recognizer (a TFLite or ONNX export)."""
+  if isinstance(served, host.Recognizer):
+    return _host_serving_fn(served)
   if isinstance(served, ServingModule):
-    return served.serve_bytes
+    return lambda encoded: served.serve_bytes(tf.constant(encoded, tf.string))
   signature = served.signatures["serving_default"]
   # Exports written before the input was named for images and audio alike call it
   # image_bytes.
   name = next(iter(signature.structured_input_signature[1]))
-  return lambda encoded: signature(**{name: encoded})
+  return lambda encoded: signature(**{name: tf.constant(encoded, tf.string)})
+
+
+def _host_serving_fn(recognizer: host.Recognizer) -> ServeFn:
+  """A Recognizer's greedy transcriptions in the outputs dict (top_k = 1)."""
+  def serve(encoded):
+    results = recognizer.transcribe(encoded)
+    texts = np.array([[t.encode("utf-8")] for t, _ in results], object).reshape(-1, 1)
+    scores = np.array([[s] for _, s in results], np.float32).reshape(-1, 1)
+    return {"text": texts[:, 0], "confidence": np.exp(scores[:, 0]),
+            "top_k_texts": texts, "top_k_scores": scores}
+  return serve
+
+
+def load_serving(path: str) -> ServeFn:
+  """The serving function of any export (format detected): a SavedModel folder, or a
+  TFLite or ONNX export's folder or model file. Raises FileNotFoundError when path
+  holds no export."""
+  if host.detect_format(path) == "saved_model":
+    return serving_fn(load(path if os.path.isdir(path) else os.path.dirname(path)))
+  return serving_fn(host.load(path))
 
 
 # --- transcription -----------------------------------------------------------------
@@ -231,13 +266,13 @@ def image_paths(args: Sequence[str], manifest: Optional[str] = None) -> List[str
 def transcribe(serve: ServeFn, images: Sequence[bytes]) -> List[Transcription]:
   """Encoded images -> their transcriptions (path left empty), in one call to `serve`.
 
-  Raises tf.errors.InvalidArgumentError when any image does not decode.
+  Raises one of INPUT_ERRORS when any image does not decode.
   """
-  out = serve(tf.constant(list(images), tf.string))
-  texts = out["top_k_texts"].numpy()
-  scores = out["top_k_scores"].numpy()
+  out = {k: np.asarray(v) for k, v in serve(list(images)).items()}
+  texts = out["top_k_texts"]
+  scores = out["top_k_scores"]
   return [Transcription(
-      path="", text=out["text"][i].numpy().decode("utf-8"),
+      path="", text=out["text"][i].decode("utf-8"),
       confidence=float(out["confidence"][i]),
       top_k=[(t.decode("utf-8"), float(s)) for t, s in zip(texts[i], scores[i])])
           for i in range(len(images))]
@@ -294,19 +329,21 @@ def _transcribe_batch(serve: ServeFn, items: Sequence[tuple]) -> List[Transcript
   try:
     done = transcribe(serve, [blob for _, blob in items])
     return [dataclasses.replace(t, path=path) for (path, _), t in zip(items, done)]
-  except tf.errors.InvalidArgumentError:
+  except INPUT_ERRORS:
     results = []
     for path, blob in items:
       try:
         results.append(dataclasses.replace(transcribe(serve, [blob])[0], path=path))
-      except tf.errors.InvalidArgumentError as e:
+      except INPUT_ERRORS as e:
         results.append(Transcription(path, error=f"cannot decode: {error_message(e)}"))
     return results
 
 
-def error_message(error: tf.errors.OpError) -> str:
+def error_message(error: Exception) -> str:
   """The line of a TensorFlow op error that says what went wrong, without the graph
-  node names and stack headers around it."""
+  node names and stack headers around it (a host.InputError says it already)."""
+  if isinstance(error, host.InputError):
+    return str(error)
   lines = str(error.message).strip().splitlines()
   # In graph errors the op's own message is the line before '[[{{node ...}}]]'.
   at = next((i for i, line in enumerate(lines) if "[[{{node" in line), None)
@@ -321,40 +358,51 @@ def error_message(error: tf.errors.OpError) -> str:
 class Parity:
   """The gate's finding: CERs of both sides, and which transcriptions differ."""
   checkpoint_cer: float
-  saved_model_cer: float
+  exported_cer: float
   num_samples: int
   num_different: int                   # samples transcribed differently
-  first_different: Optional[str] = None  # "path: 'checkpoint' != 'saved model'"
+  first_different: Optional[str] = None  # "path: 'checkpoint' != 'exported'"
   tolerance: float = PARITY_TOLERANCE
+  format: str = "saved_model"
+  # Whether every transcription must match: float formats; int8 answers to its CER.
+  exact: bool = True
 
   @property
   def ok(self) -> bool:
     # Equal CERs alone can hide different strings (an undertrained model gets
     # CER ~1 from nearly any output), so every transcription must match too.
-    return (abs(self.checkpoint_cer - self.saved_model_cer) <= self.tolerance
-            and self.num_different == 0)
+    return (abs(self.checkpoint_cer - self.exported_cer) <= self.tolerance
+            and (self.num_different == 0 or not self.exact))
 
   def describe(self) -> str:
     verdict = "passed" if self.ok else "FAILED"
     text = (f"parity gate {verdict}: checkpoint CER {self.checkpoint_cer:.6f}, "
-            f"SavedModel CER {self.saved_model_cer:.6f} on {self.num_samples} eval "
-            f"samples (tolerance {self.tolerance:g}); {self.num_different} "
-            f"transcriptions differ")
+            f"{FORMAT_NAMES[self.format]} CER {self.exported_cer:.6f} on "
+            f"{self.num_samples} eval samples (tolerance {self.tolerance:g}); "
+            f"{self.num_different} transcriptions differ")
     return text + (f", first: {self.first_different}" if self.first_different else "")
 
 
 def check_parity(run: loop.Run, serve: ServeFn, samples: sources.Source,
-                 limit: int = 0) -> Parity:
+                 limit: int = 0, fmt: str = "saved_model",
+                 int8_cer_tolerance: float = INT8_CER_TOLERANCE) -> Parity:
   """Compares the checkpoint's eval step with `serve` (the encoded bytes the eval
   pipeline read, through the exported preprocessing) on the same examples (the first
   `limit` when > 0), scored with the same metric code: CER on both sides, and each
-  transcription, both by the run's primary decoder (the one the export serves).
+  transcription, both by the decoder the export serves.
 
   Files the pipeline drops (policy 'skip') are left out of both; with policy 'error'
-  an undecodable file raises a DataError naming it.
+  an undecodable file raises a DataError naming it. fmt: the export's format; an
+  int8 one passes when its CER is within int8_cer_tolerance, other transcriptions
+  allowed.
   """
   cfg = run.cfg
-  primary = cfg.loop.decoder[0]
+  # What the export decodes with: the primary decoder inside a SavedModel, greedy
+  # on the host for the other formats.
+  primary = cfg.loop.decoder[0] if fmt == "saved_model" else "greedy"
+  if primary not in cfg.loop.decoder:
+    raise ConfigError(f"--format={fmt} is gated against the greedy decoder; the run "
+                      f"evaluates only --decoder={','.join(cfg.loop.decoder)}")
   sums, paths, labels, expected, encoded = {}, [], [], [], []
   for batch, batch_sums, decoded in loop.eval_batches(run, samples, limit=limit,
                                                       keep_encoded=True):
@@ -377,61 +425,99 @@ def check_parity(run: loop.Run, serve: ServeFn, samples: sources.Source,
   served_sums = metrics.batch_sums(tf.constant(texts, tf.string),
                                    tf.constant(labels, tf.string))
   checkpoint_sums = steps.decoder_sums(sums, primary)
+  int8 = fmt == "tflite_int8"
   return Parity(checkpoint_cer=metrics.results(checkpoint_sums)["cer"],
-                saved_model_cer=metrics.results(served_sums)["cer"],
+                exported_cer=metrics.results(served_sums)["cer"],
                 num_samples=len(paths), num_different=len(different),
-                first_different=first)
+                first_different=first, format=fmt, exact=not int8,
+                tolerance=int8_cer_tolerance if int8 else PARITY_TOLERANCE)
 
 
 # --- the export tool's work ----------------------------------------------------------
 
 def export_checkpoint(cfg: Config, export_dir: str, which: str = "latest",
-                      top_k: Optional[int] = None, parity_samples: int = 0,
-                      input_scale: float = 1.0) -> Parity:
-  """Restores checkpoint `which` of cfg.workdir, exports it, and gates the export.
-
-  The SavedModel is written beside export_dir, loaded back and evaluated against the
-  checkpoint on the eval set (its first `parity_samples` when > 0). Only when their
-  CERs agree does it replace export_dir; otherwise it is deleted. Returns the Parity.
-  """
-  export_dir = os.path.abspath(export_dir)
-  if os.path.exists(export_dir) and not tf.saved_model.contains_saved_model(export_dir):
-    raise ExportError(f"--export_dir={export_dir} exists and is not a "
-                            "SavedModel; refusing to overwrite it")
+                      fmt: str = "saved_model", **options) -> Parity:
+  """Restores checkpoint `which` of cfg.workdir and exports it as `fmt` (one of
+  convert.FORMATS) behind the parity gate: see export_run, which takes `options`.
+  Returns the Parity."""
+  _check_target(export_dir, fmt, options.get("top_k"))
+  if fmt != "saved_model":
+    # The host decodes greedily: the checkpoint's side of the gate needs no other.
+    cfg = dataclasses.replace(cfg, loop=dataclasses.replace(cfg.loop, decoder=("greedy",)))
   run, step = loop.restore_trained(cfg, which)
+  return export_run(run, step, export_dir, which, fmt, **options)
+
+
+def _check_target(export_dir: str, fmt: str, top_k: Optional[int]) -> None:
+  """Raises a user error for a format, top_k or export_dir that cannot be written."""
+  if fmt not in convert.FORMATS:
+    raise ConfigError(f"--format={fmt}: expected one of {', '.join(convert.FORMATS)}")
+  if fmt != "saved_model" and top_k not in (None, 1):
+    raise ConfigError(f"--top_k={top_k}: --format={fmt} decodes greedily, one path")
+  if os.path.exists(export_dir):
+    try:
+      host.detect_format(export_dir)
+    except (FileNotFoundError, ValueError, KeyError):
+      raise ExportError(f"--export_dir={os.path.abspath(export_dir)} exists and is not "
+                        "an export (SavedModel, TFLite or ONNX); refusing to overwrite "
+                        "it") from None
+
+
+def export_run(run: loop.Run, step: int, export_dir: str, which: str = "latest",
+               fmt: str = "saved_model", top_k: Optional[int] = None,
+               parity_samples: int = 0, input_scale: float = 1.0,
+               int8_cer_tolerance: float = INT8_CER_TOLERANCE,
+               calibration_examples: int = 100) -> Parity:
+  """Exports a restored run (checkpoint `which`, at `step`) as `fmt`, and gates it.
+
+  The export is written beside export_dir, loaded back and evaluated against the
+  run's eval step on the eval set (its first `parity_samples` when > 0): a SavedModel
+  with the run's primary decoder, TFLite and ONNX through ctc_trainer.host against
+  its greedy decoder (which the run must evaluate). Only when the gate passes does
+  it replace export_dir; otherwise it is deleted. Returns the Parity.
+  """
+  _check_target(export_dir, fmt, top_k)
+  cfg = run.cfg
+  export_dir = os.path.abspath(export_dir)
   samples = sources.load_samples(cfg.data, "eval", run.charset)
 
   parent = os.path.dirname(export_dir)
   os.makedirs(parent, exist_ok=True)
   staging = tempfile.mkdtemp(prefix=f".{os.path.basename(export_dir)}.tmp-", dir=parent)
   try:
-    module = ServingModule.from_run(run, top_k, input_scale)
-    export(module, staging)
-    logging.info("Exported step %d to %s; checking parity", step, staging)
-    parity = check_parity(run, serving_fn(load(staging)), samples, parity_samples)
+    if fmt == "saved_model":
+      module = ServingModule.from_run(run, top_k, input_scale)
+      export(module, staging)
+      info = {"decoder": module.decoder_name, "beam_width": module.beam_width,
+              "top_k": module.top_k, "charset_size": len(module._charset.symbols),
+              "image_height": cfg.data.image_height,
+              "image_channels": cfg.data.image_channels,
+              "max_image_width": cfg.data.max_image_width}
+      info_path = os.path.join(staging, INFO_FILE)
+    else:
+      convert.write(run, fmt, staging, calibration_examples, input_scale)
+      info = convert.sidecar(run, fmt)
+      info_path = os.path.join(staging, host.INFO_FILE)
+      _write_json(info_path, info)   # the host reads it to load the model
+    logging.info("Exported step %d as %s to %s; checking parity", step, fmt, staging)
+    parity = check_parity(run, load_serving(staging), samples, parity_samples, fmt,
+                          int8_cer_tolerance)
     if parity.ok:
-      _write_info(staging, cfg, which, step, module, parity)
+      info.update(workdir=cfg.workdir, checkpoint=which, step=step,
+                  parity=dataclasses.asdict(parity))
+      _write_json(info_path, info)
       _replace_dir(staging, export_dir)
     return parity
   finally:
     shutil.rmtree(staging, ignore_errors=True)
 
 
-def _write_info(export_dir: str, cfg: Config, which: str, step: int,
-                module: ServingModule, parity: Parity) -> None:
-  """Provenance beside the model (assets.extra is not loaded by TensorFlow)."""
-  info = {"workdir": cfg.workdir, "checkpoint": which, "step": step,
-          "image_height": cfg.data.image_height,
-          "image_channels": cfg.data.image_channels,
-          "max_image_width": cfg.data.max_image_width,
-          "decoder": module.decoder_name, "beam_width": module.beam_width,
-          "top_k": module.top_k,
-          "charset_size": len(module._charset.symbols),
-          "parity": dataclasses.asdict(parity)}
-  path = os.path.join(export_dir, INFO_FILE)
+def _write_json(path: str, info: dict) -> None:
+  """Provenance and settings beside the model (a SavedModel's assets.extra is not
+  loaded by TensorFlow)."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, "w", encoding="utf-8") as f:
-    json.dump(info, f, indent=2, sort_keys=True)
+    json.dump(info, f, indent=2, sort_keys=True, ensure_ascii=False)
 
 
 def _replace_dir(new: str, target: str) -> None:

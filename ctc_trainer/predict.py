@@ -1,8 +1,12 @@
-"""Transcribe image files with an exported SavedModel or a run's checkpoint.
+"""Transcribe image (or WAV) files with an export of any format or a run's checkpoint.
 
-  python -m ctc_trainer.predict --saved_model=runs/demo/export images/ line.png
+  python -m ctc_trainer.predict --model_path=runs/demo/export images/ line.png
+  python -m ctc_trainer.predict --model_path=runs/demo/export_tflite images/
   python -m ctc_trainer.predict --workdir=runs/demo --checkpoint=best --manifest=m.tsv
-  python -m ctc_trainer.predict --saved_model=runs/demo/export --json images/
+  python -m ctc_trainer.predict --model_path=runs/demo/export --json images/
+
+--model_path is an export folder (or its .tflite/.onnx file); its format is detected.
+TFLite and ONNX exports decode greedily and give one path (top_k of 1).
 
 Arguments are image files and folders (their .png/.jpg/.jpeg/.bmp/.gif files, sorted);
 --manifest adds the first column of each line of a TSV (a training manifest works).
@@ -21,8 +25,10 @@ from absl import app, flags
 from ctc_trainer import cli, config, export, loop
 from ctc_trainer.errors import ConfigError
 
-flags.DEFINE_string("saved_model", None, "A SavedModel written by "
-                    "tools/export_savedmodel.py. Or give --workdir instead.")
+flags.DEFINE_string("model_path", None, "An export written by tools/export_savedmodel.py, "
+                    "of any --format: its folder, or its .tflite/.onnx file. Or give "
+                    "--workdir instead.")
+flags.DEFINE_string("saved_model", None, "Deprecated: the same as --model_path.")
 flags.DEFINE_string("manifest", None, "A text file listing images: the first "
                     "tab-separated column of each non-empty line; relative paths "
                     "resolve against the file's folder.")
@@ -30,9 +36,10 @@ flags.DEFINE_integer("predict_batch_size", 32, "Images per model call.", lower_b
 
 
 def _serving_fn(fl):
-  """The bytes-in function of --saved_model, or of --workdir's checkpoint."""
-  if fl.saved_model:
-    return export.serving_fn(export.load(os.path.expanduser(fl.saved_model)))
+  """The bytes-in function of --model_path, or of --workdir's checkpoint."""
+  model = fl.model_path or fl.saved_model
+  if model:
+    return export.load_serving(os.path.expanduser(model))
   cfg = config.from_flags(need_train=False, need_eval=False)
   run, _ = loop.restore_trained(cfg, fl.checkpoint)
   return export.serving_fn(export.ServingModule.from_run(run))
@@ -41,8 +48,8 @@ def _serving_fn(fl):
 @cli.exit_on_user_error
 def main(argv):
   fl = flags.FLAGS
-  if bool(fl.saved_model) == bool(fl.workdir):
-    raise ConfigError("give exactly one of --saved_model and --workdir")
+  if bool(fl.model_path or fl.saved_model) == bool(fl.workdir):
+    raise ConfigError("give exactly one of --model_path and --workdir")
   if fl.workdir:
     cli.apply_workdir_flags()
   paths = export.image_paths(argv[1:], fl.manifest)

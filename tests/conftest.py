@@ -15,7 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
 
-from ctc_trainer import train  # noqa: E402
+from ctc_trainer import loop, train  # noqa: E402
 from tests.helpers import (BACKGROUND, TINY_FLAGS, TinyRun, kill_children,  # noqa: E402
                            load_tool, make_tiny_data, run_main)
 
@@ -137,6 +137,13 @@ def tiny_run(tiny_data, tmp_path_factory) -> TinyRun:
     assert run.ran.code == 0, run.ran.err[-3000:]
     return run
   return _once(tmp_path_factory, "tiny_run", make)
+
+
+@pytest.fixture(scope="session")
+def restored(tiny_run):
+  """The tiny run's latest checkpoint restored in this process -> (loop.Run, step).
+  Its eval step decodes with beam and greedy; tests read it, none trains it."""
+  return loop.restore_trained(tiny_run.config(), "latest")
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ctc_trainer import export, loop, metrics
+from ctc_trainer import export, metrics
 from ctc_trainer.errors import ConfigError
 from ctc_trainer.data import pipeline
 from tests.helpers import load_tool, run_main, run_process
@@ -22,9 +22,9 @@ def export_cli(*args):
 
 
 @pytest.fixture(scope="module")
-def trainer(tiny_run):
+def trainer(restored):
   """The exported (latest) checkpoint, restored in this process."""
-  trainer, step = loop.restore_trained(tiny_run.config(), "latest")
+  trainer, step = restored
   assert step == 6
   return trainer
 
@@ -87,7 +87,7 @@ def test_export_passed_the_gate_and_records_it(exported):
   assert info["step"] == 6 and info["beam_width"] == 4 and info["top_k"] == 4
   assert info["decoder"] == "beam"
   parity = info["parity"]
-  assert abs(parity["checkpoint_cer"] - parity["saved_model_cer"]) <= 1e-6
+  assert abs(parity["checkpoint_cer"] - parity["exported_cer"]) <= 1e-6
   assert parity["num_different"] == 0 and parity["num_samples"] == 16
   # No staging folders are left beside the export.
   assert os.listdir(exported.parent) == ["export"]
@@ -165,7 +165,7 @@ def test_export_tool_refuses_to_overwrite_a_non_savedmodel(tiny_run, tmp_path):
   (tmp_path / "notes.txt").write_text("mine")
   ran = export_cli(f"--workdir={tiny_run.workdir}", f"--export_dir={tmp_path}")
   assert ran.code == 2
-  assert "is not a SavedModel; refusing to overwrite it" in ran.err
+  assert "is not an export (SavedModel, TFLite or ONNX); refusing to overwrite it" in ran.err
   assert os.listdir(tmp_path) == ["notes.txt"]
 
 

@@ -29,7 +29,8 @@ def folder(tiny_run, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def predicted(exported, folder):
-  """predict --saved_model on the folder, two images per batch."""
+  """predict --saved_model (the older spelling of --model_path) on the folder, two
+  images per batch."""
   return predict_cli(f"--saved_model={exported}", folder, "--predict_batch_size=2")
 
 
@@ -61,11 +62,12 @@ def test_manifest_json_and_workdir_give_the_saved_models_texts(tiny_run, folder,
              for d in lines)
 
 
-def test_missing_saved_model_fails_with_one_line(tmp_path):
+def test_missing_export_fails_with_one_line(tmp_path):
   (tmp_path / "line.png").write_bytes(b"")
-  ran = predict_cli(f"--saved_model={tmp_path}", tmp_path / "line.png")
+  ran = predict_cli(f"--model_path={tmp_path}", tmp_path / "line.png")
   assert ran.code == 2
-  assert "holds no SavedModel" in ran.err
+  assert f"{tmp_path} holds no export (saved_model.pb, or a model with its " \
+      "export.json)" in ran.err
 
 
 def test_image_paths_from_files_folders_and_manifest(tmp_path):

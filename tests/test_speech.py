@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ctc_trainer import config, export, loop, metrics, models
+from ctc_trainer import config, export, host, loop, metrics, models
 from ctc_trainer.charset import Charset
 from ctc_trainer.config import AudioConfig, Config, DataConfig, LoopConfig, OptimConfig
 from ctc_trainer.data import audio, pipeline
@@ -261,3 +261,28 @@ def test_export_serves_wav_bytes_as_evaluation_decodes(trained, evaluated, tmp_p
   sums = metrics.batch_sums(tf.constant(served),
                             tf.constant([labels[os.path.basename(p)] for p in paths]))
   assert metrics.results(sums)["cer"] == pytest.approx(results["cer"], abs=1e-9)
+
+
+# --- TFLite / ONNX exports (the `export` extra) ---------------------------------------
+
+def test_host_log_mel_is_the_pipelines(clips):
+  """ctc_trainer.host computes the training features in NumPy: within 1e-4 of
+  tf.signal's, normalization included."""
+  sidecar = audio.AudioModality(DataConfig(modality="audio", audio=FEATURES)).host_settings()
+  for path in sorted(glob.glob(os.path.join(clips, "*.wav")))[::7]:
+    blob = open(path, "rb").read()
+    expected, frames = audio.decode_and_featurize(tf.constant(blob), FEATURES)
+    got = host.log_mel(host.decode_wav(blob, RATE, sidecar["max_samples"]), sidecar)
+    assert got.shape == (frames, FEATURES.num_mel_bins)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_tflite_export_of_the_speech_model_passes_its_gate(trained, tmp_path):
+  """The ds2 model (GRUs) converts to TFLite, and through host.py's WAV decoding and
+  log-mel gives the checkpoint's greedy transcription of every eval utterance."""
+  pytest.importorskip("ai_edge_litert")
+  cfg, _ = trained
+  parity = export.export_checkpoint(cfg, str(tmp_path / "tflite"), fmt="tflite")
+  assert parity.ok and parity.num_samples == 16 and parity.num_different == 0, \
+      parity.describe()
+  assert host.detect_format(str(tmp_path / "tflite")) == "tflite"

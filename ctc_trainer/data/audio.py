@@ -31,7 +31,7 @@ from ctc_trainer.data.modality import Modality
 
 LOWER_EDGE_HZ = 20.0
 LOG_OFFSET = 1e-6      # log(mel + LOG_OFFSET): digital silence stays finite
-_VARIANCE_FLOOR = 1e-5  # a bin constant over the utterance normalizes to 0, not NaN
+VARIANCE_FLOOR = 1e-5  # a bin constant over the utterance normalizes to 0, not NaN
 # Resampling down: taps on each side of the anti-aliasing filter per unit of
 # rate ratio; its cutoff as a fraction of the new Nyquist frequency.
 _LOWPASS_TAPS_PER_RATIO = 8
@@ -116,7 +116,7 @@ def log_mel(waveform: tf.Tensor, cfg: AudioConfig) -> tf.Tensor:
 def normalize(features: tf.Tensor) -> tf.Tensor:
   """[T, F] -> [T, F] with every bin at zero mean, unit variance over the T frames."""
   mean, variance = tf.nn.moments(features, axes=[0], keepdims=True)
-  return (features - mean) * tf.math.rsqrt(variance + _VARIANCE_FLOOR)
+  return (features - mean) * tf.math.rsqrt(variance + VARIANCE_FLOOR)
 
 
 def decode_and_featurize(encoded: tf.Tensor, cfg: AudioConfig):
@@ -376,6 +376,14 @@ class AudioModality(Modality):
     samples = tf.size(decode_wav(encoded, self.cfg.audio), tf.int64)
     return (tf.cast(num_frames(samples, self.cfg.audio), tf.int32),
             {"frames": samples})   # at cfg.sample_rate, as record_length reads it
+
+  def host_settings(self) -> Dict[str, float]:
+    a = self.cfg.audio
+    return {"sample_rate": a.sample_rate, "frame_length": frame_length(a),
+            "frame_step": frame_step(a), "fft_length": fft_length(a),
+            "num_mel_bins": a.num_mel_bins, "lower_edge_hz": LOWER_EDGE_HZ,
+            "log_offset": LOG_OFFSET, "variance_floor": VARIANCE_FLOOR,
+            "max_samples": max_samples(a)}
 
   def failure_text(self, path: Optional[str]) -> str:
     if path is None:

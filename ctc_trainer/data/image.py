@@ -197,3 +197,7 @@ class ImageModality(Modality):
 
   def failure_text(self, path: Optional[str]) -> str:
     return f"cannot read or decode image{f' {path}' if path else ''} {self.expected}"
+
+  def host_settings(self) -> Dict[str, float]:
+    return {"height": self.cfg.image_height, "channels": self.cfg.image_channels,
+            "max_width": self.cfg.max_image_width}

@@ -13,6 +13,7 @@ A Modality (image.ImageModality, audio.AudioModality) owns, for one DataConfig:
                   header (host) or a TFRecord's features (graph), for length buckets
   validate        encoded bytes -> length and the size features a TFRecord stores
   failure_text    what a file that does not decode is, for error messages
+  host_settings   what ctc_trainer.host needs to preprocess as `decode` does (NumPy)
 modalities.py maps --modality names to them.
 """
 
@@ -91,4 +92,9 @@ class Modality:
   def failure_text(self, path: Optional[str]) -> str:
     """What went wrong with a file that does not decode: `path` for a listed file (it
     can be inspected), None for a record."""
+    raise NotImplementedError
+
+  def host_settings(self) -> Dict[str, float]:
+    """The settings ctc_trainer.host's preprocessing for this modality reads (a
+    TFLite/ONNX export's sidecar stores them under the modality's name)."""
     raise NotImplementedError
