@@ -4,7 +4,6 @@ suite in several worker processes (tests that change a run work on a copy of it)
 background jobs of child processes start with the session, in one worker."""
 
 import concurrent.futures
-import fcntl
 import os
 import pathlib
 import pickle
@@ -17,7 +16,7 @@ import pytest  # noqa: E402
 
 from ctc_trainer import loop, train  # noqa: E402
 from tests.helpers import (BACKGROUND, TINY_FLAGS, TinyRun, kill_children,  # noqa: E402
-                           load_tool, make_tiny_data, run_main)
+                           load_tool, make_tiny_data, once, run_main, shared_root)
 
 # How long a worker waits for a job that another worker runs; each job's own child
 # processes time out before this.
@@ -30,35 +29,10 @@ def pytest_collection_modifyitems(items):
   items.sort(key=lambda item: any(name in BACKGROUND for name in item.fixturenames))
 
 
-def _shared_root(tmp_path_factory) -> pathlib.Path:
-  """A folder that every worker of this session sees: under pytest-xdist each
-  worker's base temp folder is a child of the session's."""
-  base = tmp_path_factory.getbasetemp()
-  return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-
-
-def _once(tmp_path_factory, name, make):
-  """make(folder) -> result, run by one worker of the session; the others wait for it
-  under a file lock and get its (pickled) result. The first to fail leaves the job
-  to the next worker."""
-  root = _shared_root(tmp_path_factory) / f"once-{name}"
-  root.mkdir(exist_ok=True)
-  done = root / "result.pickle"
-  with open(root / "lock", "w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    if done.exists():
-      return pickle.loads(done.read_bytes())
-    folder = root / "made"
-    folder.mkdir(exist_ok=True)
-    result = make(folder)
-    done.write_bytes(pickle.dumps(result))
-    return result
-
-
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
   """-> (root holding the tiny set's train/ and eval/, the flags that name them)."""
-  return _once(tmp_path_factory, "tiny", lambda root: (root, make_tiny_data(root)))
+  return once(tmp_path_factory, "tiny", lambda root: (root, make_tiny_data(root)))
 
 
 class _Shared:
@@ -104,7 +78,7 @@ def background_jobs(request, tmp_path_factory):
     yield {}
     return
   _, data_flags = request.getfixturevalue("tiny_data")
-  shared = _shared_root(tmp_path_factory) / "background"
+  shared = shared_root(tmp_path_factory) / "background"
   shared.mkdir(exist_ok=True)
   try:
     os.close(os.open(shared / "owner", os.O_CREAT | os.O_EXCL))
@@ -136,7 +110,7 @@ def tiny_run(tiny_data, tmp_path_factory) -> TinyRun:
                        *TINY_FLAGS, *run.data_flags, prog="ctc_trainer.train")
     assert run.ran.code == 0, run.ran.err[-3000:]
     return run
-  return _once(tmp_path_factory, "tiny_run", make)
+  return once(tmp_path_factory, "tiny_run", make)
 
 
 @pytest.fixture(scope="session")
@@ -156,4 +130,4 @@ def exported(tiny_run, tmp_path_factory):
                    f"--export_dir={export_dir}", prog="tools/export_savedmodel.py")
     assert ran.code == 0, ran.err[-3000:]
     return export_dir
-  return _once(tmp_path_factory, "exported", make)
+  return once(tmp_path_factory, "exported", make)

@@ -3,12 +3,14 @@ in this process (run_main) or, where the process boundary is the point, in a chi
 (run_process)."""
 
 import contextlib
+import fcntl
 import dataclasses
 import importlib.util
 import io
 import logging
 import os
 import pathlib
+import pickle
 import subprocess
 import sys
 import threading
@@ -212,6 +214,33 @@ def background(fixture_name: str):
     result.__doc__ = job.__doc__
     return result
   return register
+
+
+# --- made once per session, also across pytest-xdist workers -------------------
+
+def shared_root(tmp_path_factory) -> pathlib.Path:
+  """A folder that every worker of this session sees: under pytest-xdist each
+  worker's base temp folder is a child of the session's."""
+  base = tmp_path_factory.getbasetemp()
+  return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def once(tmp_path_factory, name, make):
+  """make(folder) -> result, run by one worker of the session; the others wait for it
+  under a file lock and get its (pickled) result. The first to fail leaves the job
+  to the next worker."""
+  root = shared_root(tmp_path_factory) / f"once-{name}"
+  root.mkdir(exist_ok=True)
+  done = root / "result.pickle"
+  with open(root / "lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if done.exists():
+      return pickle.loads(done.read_bytes())
+    folder = root / "made"
+    folder.mkdir(exist_ok=True)
+    result = make(folder)
+    done.write_bytes(pickle.dumps(result))
+    return result
 
 
 # --- a trained run -----------------------------------------------------------------

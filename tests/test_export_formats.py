@@ -19,7 +19,7 @@ pytest.importorskip("ai_edge_litert")
 
 from ctc_trainer import export, host, metrics, predict, steps  # noqa: E402
 from ctc_trainer.data import image, pipeline  # noqa: E402
-from tests.helpers import REPO, load_tool, run_main, start_process  # noqa: E402
+from tests.helpers import REPO, load_tool, once, run_main, start_process  # noqa: E402
 
 FORMATS = ("tflite", "tflite_int8", "onnx")
 RUNTIMES = {"tflite": "ai_edge_litert", "tflite_int8": "ai_edge_litert",
@@ -31,18 +31,21 @@ def export_cli(*args):
                   prog="tools/export_savedmodel.py")
 
 
-@pytest.fixture(scope="module")
-def exports(restored, tmp_path_factory):
-  """Each format converted once from the restored tiny run (the export tool's
-  export_run), through its gate -> {format: export folder}."""
-  run, step = restored
-  folders = {}
-  for fmt in FORMATS:
-    folder = tmp_path_factory.mktemp(fmt) / "export"
-    parity = export.export_run(run, step, str(folder), fmt=fmt, calibration_examples=16)
-    assert parity.ok, parity.describe()
-    folders[fmt] = folder
-  return folders
+@pytest.fixture(scope="session")
+def exports(request, tmp_path_factory):
+  """Each format converted once per session (also across pytest-xdist workers) from
+  the restored tiny run (the export tool's export_run), through its gate -> {format:
+  export folder}."""
+  def make(root):
+    run, step = request.getfixturevalue("restored")
+    folders = {}
+    for fmt in FORMATS:
+      folder = root / fmt / "export"
+      parity = export.export_run(run, step, str(folder), fmt=fmt, calibration_examples=16)
+      assert parity.ok, parity.describe()
+      folders[fmt] = folder
+    return folders
+  return once(tmp_path_factory, "format_exports", make)
 
 
 @pytest.fixture(scope="module")
