@@ -1,7 +1,7 @@
 """Warm start vs training from scratch on a few lines of a new book, same wall time.
 
   nice -n 10 python tools/bench_warmstart.py [--work_dir=/tmp/ctc_bench_warmstart] \
-      [--minutes=12] [--base_minutes=40] [--target_train_lines=60]
+      [--minutes=12] [--base_minutes=60] [--target_train_lines=60]
 
 On gt4histcomment (../shared/data/gt4histcomment, sidecar layout: NAME.png +
 NAME.gt.txt), the lines of --target (Wecklein1894) are shuffled with --seed: the first
@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 
+import tensorflow as tf
 from absl import app, flags, logging
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,7 +50,7 @@ flags.DEFINE_string("base_workdir", "", "The base run's workdir; default WORK_DI
                     "Reused as it is when it holds a checkpoint.")
 flags.DEFINE_integer("base_steps", 600, "Base run's --train_steps (its schedule).",
                      lower_bound=1)
-flags.DEFINE_float("base_minutes", 40, "Stop the base run after this long.")
+flags.DEFINE_float("base_minutes", 60, "Stop the base run after this long.")
 flags.DEFINE_float("minutes", 12, "Wall time of each of warm and scratch.")
 flags.DEFINE_list("warm_flags", [], "Further flags for the warm run only, e.g. "
                   "--freeze=conv,--freeze_steps=50.")
@@ -121,10 +122,11 @@ def train_for(workdir, flags_, minutes):
   return finish
 
 
-def evaluate(workdir, eval_data):
+def evaluate(workdir, eval_data, which="latest"):
   out = subprocess.run(
       [sys.executable, "-m", "ctc_trainer.evaluate", f"--workdir={workdir}",
-       f"--eval_data={eval_data}", "--unknown_char_policy=skip", "--json"],
+       f"--eval_data={eval_data}", f"--checkpoint={which}",
+       "--unknown_char_policy=skip", "--json"],
       cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), check=True,
       capture_output=True, text=True)
   return json.loads(out.stdout.strip().splitlines()[-1])
@@ -149,7 +151,6 @@ def main(argv):
     train_for(base, [*MODEL_FLAGS, *BASE_FLAGS, f"--train_steps={FLAGS.base_steps}",
                      f"--train_data={paths['base_train']}",
                      f"--eval_data={paths['base_eval']}"], FLAGS.base_minutes)()
-  base_cer = evaluate(base, paths["base_eval"])
 
   runs = {name: os.path.join(work, name) for name in ("warm", "scratch")}
   for workdir in runs.values():
@@ -171,10 +172,14 @@ def main(argv):
 
   results = {name: evaluate(workdir, paths["target_eval"])
              for name, workdir in runs.items()}
+  # The checkpoint the warm start read: best/ when the base has one.
+  which = "best" if tf.train.latest_checkpoint(os.path.join(base, "best")) else "latest"
+  base_cer = evaluate(base, paths["base_eval"], which)
   with open(charset, encoding="utf-8") as f:
     classes = sum(1 for line in f if line.rstrip("\r\n"))
-  print(f"\nbase: {base_cer['step']} steps, CER {base_cer['cer']:.4f} on its own "
-        f"held-out lines; union charset {classes} symbols")
+  print(f"\nbase: {which} checkpoint, step {base_cer['step']}, CER "
+        f"{base_cer['cer']:.4f} on its {int(base_cer['num_seqs'])} held-out lines; "
+        f"union charset: {classes} symbols")
   print(f"{FLAGS.target}: {FLAGS.target_train_lines} training lines, "
         f"{int(results['warm']['num_seqs'])} test lines; {FLAGS.minutes:g} minutes "
         "each, side by side\n")
