@@ -8,8 +8,10 @@ import shutil
 
 import numpy as np
 import pytest
+from absl import flags
+from absl.testing import flagsaver
 
-from ctc_trainer import loop, warmstart
+from ctc_trainer import config, loop, warmstart
 from ctc_trainer.charset import Charset
 from ctc_trainer.errors import CheckpointError, ConfigError
 from ctc_trainer.warmstart import WarmStartConfig
@@ -165,3 +167,22 @@ def test_a_workdir_with_a_checkpoint_resumes_and_ignores_init_from(tiny_run, sou
   assert not all(np.array_equal(v.numpy(), value)
                  for v, value in zip(run.model.weights, source.weights))
   assert run.checkpoints.restore("latest") == 6
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--freeze=conv,dense", "--freeze takes layer groups out of conv, rnn"),
+    ("--init_new_chars_from=äa", "--init_new_chars_from must be comma-separated"),
+    ("--charset_mode=merge", "--charset_mode"),
+])
+def test_bad_warm_start_flags_are_refused_naming_the_flag(flag, message):
+  with flagsaver.flagsaver(), pytest.raises(flags.Error, match=message):
+    flags.FLAGS(["prog", "--workdir=unused", flag])
+
+
+def test_keep_with_a_charset_file_is_one_config_error(tiny_run, tmp_path):
+  cfg = warm_config(tiny_run, tmp_path, ["a"], charset_mode="keep")
+  with pytest.raises(ConfigError, match="--charset_mode=keep"):
+    config.validate(cfg, need_train=False)
+  parsed = dataclasses.replace(cfg, warm_start=WarmStartConfig(
+      init_new_chars_from="ä:a,ſ:s"))
+  assert parsed.warm_start.new_char_sources() == {"ä": "a", "ſ": "s"}
