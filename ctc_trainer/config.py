@@ -18,6 +18,7 @@ from ctc_trainer import decoders, models, options
 from ctc_trainer.errors import ConfigError
 from ctc_trainer.models.crnn import CRNNConfig
 from ctc_trainer.options import option
+from ctc_trainer.warmstart import WarmStartConfig
 
 # The Source registry: --data_format name -> "module:loader" in ctc_trainer/data/sources/,
 # imported when used (data/ imports this module, so not the other way round). A new
@@ -277,12 +278,13 @@ class Config:
   model: Any = CRNNConfig()       # the config class its model registered (models/)
   optim: OptimConfig = OptimConfig()
   loop: LoopConfig = LoopConfig()
+  warm_start: WarmStartConfig = WarmStartConfig()
 
 
 # ---------------------------------------------------------------------------
 # Flags: one per option field above and per registered model's config field.
 
-for _cls in (DataConfig, OptimConfig, LoopConfig):
+for _cls in (DataConfig, OptimConfig, LoopConfig, WarmStartConfig):
   options.define_flags(_cls)
 flags.DEFINE_string("workdir", None, "Run directory: flags.cfg, charset, checkpoints, "
                     "summaries. A run resumes from the checkpoint found here.")
@@ -319,7 +321,8 @@ def from_flags(fl: flags.FlagValues = flags.FLAGS, need_train: bool = True,
                data=options.from_flags(DataConfig, fl), model=model_from_flags(fl),
                optim=options.from_flags(OptimConfig, fl),
                loop=dataclasses.replace(
-                   loop, decoder=_decoder_names(loop.decoder, fl.beam_prune)))
+                   loop, decoder=_decoder_names(loop.decoder, fl.beam_prune)),
+               warm_start=options.from_flags(WarmStartConfig, fl))
   validate(cfg, need_train, need_eval)
   return cfg
 
@@ -364,6 +367,13 @@ def validate(cfg: Config, need_train: bool, need_eval: bool = True) -> None:
     raise ConfigError("--synthetic_max_length must be >= --synthetic_min_length")
   if cfg.charset and not os.path.isfile(cfg.charset):
     raise ConfigError(f"--charset={cfg.charset} is not a file")
+  warm = cfg.warm_start
+  if warm.init_from and not os.path.exists(warm.init_from) and not tf.io.gfile.exists(
+      warm.init_from + ".index"):
+    raise ConfigError(f"--init_from={warm.init_from} does not exist")
+  if warm.init_from and warm.charset_mode == "keep" and cfg.charset:
+    raise ConfigError("--charset_mode=keep uses the --init_from model's charset: "
+                      "drop --charset, or use --charset_mode=new or union")
 
 
 def _expand(path: Optional[str]) -> str:

@@ -92,6 +92,9 @@ class ServingModule(tf.Module):
       raise ConfigError(f"--top_k={top_k} must be between 1 and {limit}: "
                         f"--decoder={decoder} gives at most {max_paths} paths")
     self.model = model
+    # The weights again, in model.weights order: Keras keeps some layers out of the
+    # object graph's paths, and a warm start (warmstart.py) reads them by position.
+    self.model_weights = list(model.weights)
     self.decoder_name = decoder
     self.beam_width = beam_width
     self.top_k = top_k

@@ -17,7 +17,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from ctc_trainer import distribute, metrics, models, summaries
+from ctc_trainer import distribute, metrics, models, summaries, warmstart
 from ctc_trainer.charset import Charset
 from ctc_trainer.checkpoints import Checkpoints
 from ctc_trainer.config import Config, OptimConfig
@@ -35,10 +35,11 @@ LOG_EVERY_S = 30.0
 
 # --- building blocks ---------------------------------------------------------------
 
-def load_charset(cfg: Config) -> Charset:
+def load_charset(cfg: Config, source: Optional[Charset] = None) -> Charset:
   """The run's charset. Order of precedence, so that a resumed run never changes ids:
   WORKDIR/charset.txt, then --charset (copied into the workdir), then one built from
-  the training labels (saved into the workdir)."""
+  the training labels (saved into the workdir). source: the charset of a warm start's
+  model, combined with the latter two as --charset_mode says."""
   saved = os.path.join(cfg.workdir, CHARSET_FILE)
   if os.path.exists(saved):
     charset = Charset.from_file(saved)
@@ -47,14 +48,23 @@ def load_charset(cfg: Config) -> Charset:
           f"--charset={cfg.charset} differs from {saved}, which this workdir was "
           "trained with; use a new --workdir to change the charset")
     return charset
-  if cfg.charset:
-    charset = Charset.from_file(cfg.charset)
+  if source is None:
+    charset = _data_charset(cfg)
   else:
-    train = sources.load_samples(cfg.data, "train", None)
-    charset = Charset.from_texts(train.label_texts())  # TFRecords: read from shards
-    logging.info("Built a charset of %d symbols from the training labels", charset.size)
+    charset = warmstart.combine_charsets(cfg.warm_start.charset_mode, source,
+                                         lambda: _data_charset(cfg))
   os.makedirs(cfg.workdir, exist_ok=True)
   charset.save(saved)
+  return charset
+
+
+def _data_charset(cfg: Config) -> Charset:
+  """--charset, or the symbols of the training labels."""
+  if cfg.charset:
+    return Charset.from_file(cfg.charset)
+  train = sources.load_samples(cfg.data, "train", None)
+  charset = Charset.from_texts(train.label_texts())  # TFRecords: read from shards
+  logging.info("Built a charset of %d symbols from the training labels", charset.size)
   return charset
 
 
@@ -145,15 +155,35 @@ class Run:
   lr_scale: Optional[tf.Variable] = None
 
 
+def _warm_start_source(cfg: Config) -> Optional[warmstart.Source]:
+  """The --init_from model for a fresh training run; None when there is none, or
+  when the workdir holds a checkpoint, which the run resumes from instead."""
+  init_from = cfg.warm_start.init_from
+  if not init_from:
+    return None
+  saved = tf.train.latest_checkpoint(
+      os.path.join(distribute.checkpoint_dir(cfg.workdir), "checkpoints"))
+  if saved:
+    logging.info("%s holds checkpoint %s: resuming from it, --init_from=%s ignored",
+                 cfg.workdir, saved, init_from)
+    return None
+  return warmstart.open_source(init_from)
+
+
 def build_run(cfg: Config, for_training: bool = True) -> Run:
+  """The run's parts. A fresh training run with --init_from starts from that model's
+  weights (warmstart.py)."""
   # The strategy first: multi-worker collectives must be set up before any op runs.
   strategy = distribute.make_strategy(cfg.loop.strategy, cfg.loop.worker_timeout_s)
-  charset = load_charset(cfg)
+  source = _warm_start_source(cfg) if for_training else None
+  charset = load_charset(cfg, source.charset if source else None)
   distribute.set_precision(cfg.loop.precision)
   keras.utils.set_random_seed(cfg.loop.seed)
   input_shape = pipeline.input_shape(cfg.data)
   with strategy.scope():
     model = models.build(cfg.model, charset.num_classes, input_shape)
+    if source:
+      warmstart.initialize(model, source, charset, cfg.warm_start)
     optimizer = lr_scale = None
     if cfg.optim.lr_plateau_factor < 1.0 and cfg.optim.lr_schedule != "constant":
       lr_scale = tf.Variable(1.0, trainable=False, name="lr_scale")
@@ -172,7 +202,9 @@ def build_run(cfg: Config, for_training: bool = True) -> Run:
       model, optimizer, charset, strategy, distribute.distributed_spec(strategy, signature),
       global_batch_size=cfg.data.batch_size, clip_norm=cfg.optim.clip_norm,
       beam_width=cfg.loop.beam_width, jit_compile=cfg.loop.jit_compile,
-      decoder_names=cfg.loop.decoder)
+      decoder_names=cfg.loop.decoder,
+      frozen=cfg.warm_start.freeze if for_training else (),
+      frozen_steps=cfg.warm_start.freeze_steps)
   return Run(cfg, charset, strategy, model, optimizer, checkpoints, step_fns, lr_scale)
 
 
@@ -485,6 +517,10 @@ def train_and_evaluate(cfg: Config, after_step: Optional[Callable[[int], None]] 
 
   # 4. Train. Step outputs are summed as tensors and read once per log interval:
   #    every --log_every steps, after the first step, and at least every LOG_EVERY_S.
+  #    The first --freeze_steps steps run the step function that leaves --freeze alone.
+  if start_step < run.step_fns.frozen_steps:
+    logging.info("Steps %d to %d leave %s unchanged (--freeze)", start_step + 1,
+                 run.step_fns.frozen_steps, ", ".join(cfg.warm_start.freeze))
   interval = _Interval()
   progress = (time.time(), start_step)
   step, results = start_step, None
@@ -494,8 +530,8 @@ def train_and_evaluate(cfg: Config, after_step: Optional[Callable[[int], None]] 
       batch = _next_batch(iterator, train_samples, cfg.data)
       wait = time.time() - fetch_start
       try:
-        interval.add(run.step_fns.train_step(batch), wait,
-                   throughput.padding_sums(batch, time_axis, run.strategy))
+        interval.add(run.step_fns.train_step_for(step)(batch), wait,
+                     throughput.padding_sums(batch, time_axis, run.strategy))
       except distribute.PEER_ERRORS as e:
         raise distribute.peer_lost(e, step + 1) from None
       step += 1

@@ -8,7 +8,7 @@ loop needs comes back as tensors, reduced across replicas with SUM.
 """
 
 import dataclasses
-from typing import Callable, Dict, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import keras
 import tensorflow as tf
@@ -29,6 +29,14 @@ class StepFns:
   #           their log probabilities float32 [B]}), for every decoder named to
   #           make_step_fns.
   eval_step: Callable
+  # train_step with the layer groups named by make_step_fns' `frozen` left alone,
+  # for the first frozen_steps steps; None when nothing is frozen.
+  train_step_frozen: Optional[Callable] = None
+  frozen_steps: int = 0
+
+  def train_step_for(self, done: int) -> Callable:
+    """The train step function that runs after `done` steps."""
+    return self.train_step_frozen if done < self.frozen_steps else self.train_step
 
 
 def decoder_sums(sums: Dict[str, float], name: str) -> Dict[str, float]:
@@ -36,8 +44,11 @@ def decoder_sums(sums: Dict[str, float], name: str) -> Dict[str, float]:
   return {k: sums[f"{name}/{k}"] for k in metrics.SUM_KEYS}
 
 
-def _forward(model, batch, training):
-  logits = model(batch["inputs"], input_length=batch["input_length"], training=training)
+def _forward(model, batch, training, frozen=()):
+  # frozen only when there is something to freeze: a model need not take it otherwise.
+  extra = {"frozen": frozen} if frozen else {}
+  logits = model(batch["inputs"], input_length=batch["input_length"], training=training,
+                 **extra)
   logit_length = model.output_length(batch["input_length"])
   return logits, logit_length
 
@@ -45,67 +56,116 @@ def _forward(model, batch, training):
 def make_step_fns(model, optimizer, charset: Charset, strategy: tf.distribute.Strategy,
                   element_spec, global_batch_size: int, clip_norm: float,
                   beam_width: int, jit_compile: bool = False,
-                  decoder_names: Sequence[str] = ("beam", "greedy")) -> StepFns:
-  """Builds the two step functions for one model, optimizer and dataset spec.
+                  decoder_names: Sequence[str] = ("beam", "greedy"),
+                  frozen: Sequence[str] = (), frozen_steps: int = 0) -> StepFns:
+  """Builds the step functions for one model, optimizer and dataset spec.
 
   element_spec: the batch signature, or for several replicas the distributed
   dataset's element_spec (PerReplicaSpec values). jit_compile: XLA-compile the
   forward and backward pass (the optimizer update stays outside XLA).
   decoder_names: registered decoders (ctc_trainer.decoders) that eval_step decodes
-  with, each at beam_width, each scored on its best path.
+  with, each at beam_width, each scored on its best path. frozen: layer groups of
+  the model (SequenceModel.layer_groups) that train_step_frozen runs as in inference
+  and does not update, for the first frozen_steps steps; a second function, so
+  that each is traced once.
   """
   loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
   eval_decoders = [decoders.get(name) for name in decoder_names]
   decoder_config = DecoderConfig(beam_width=beam_width)
   num_replicas = strategy.num_replicas_in_sync
 
-  def loss_and_grads(inputs, input_length, labels, label_length):
-    """Forward and backward on one replica's batch -> (loss [B], feasible [B], grads).
+  def reduce_sum(values):
+    return tf.nest.map_structure(
+        lambda v: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None), values)
 
-    Takes the numeric batch entries only, so that XLA can compile it whole.
-    """
-    batch = {"inputs": inputs, "input_length": input_length}
-    with tf.GradientTape() as tape:
-      logits, logit_length = _forward(model, batch, training=True)
-      loss, feasible = ctc.ctc_loss(labels, label_length, logits, logit_length)
-      # Scaled by the global batch so that summing over replicas gives the mean.
-      scaled = tf.reduce_sum(loss) / global_batch_size
+  def make_train_step(frozen: Sequence[str]):
+    """train_step, with the layer groups `frozen` run as in inference and their
+    weights left out of the gradient and the update."""
+    groups = model.layer_groups() if frozen else {}
+    fixed = {id(v) for group in frozen for layer in groups[group]
+             for v in layer.trainable_weights}
+    variables = [v for v in model.trainable_variables if id(v) not in fixed]
+
+    def loss_and_grads(inputs, input_length, labels, label_length):
+      """Forward and backward on one replica's batch -> (loss [B], feasible [B], grads).
+
+      Takes the numeric batch entries only, so that XLA can compile it whole.
+      """
+      batch = {"inputs": inputs, "input_length": input_length}
+      with tf.GradientTape() as tape:
+        logits, logit_length = _forward(model, batch, training=True, frozen=frozen)
+        loss, feasible = ctc.ctc_loss(labels, label_length, logits, logit_length)
+        # Scaled by the global batch so that summing over replicas gives the mean.
+        scaled = tf.reduce_sum(loss) / global_batch_size
+        if loss_scaling:
+          scaled = optimizer.scale_loss(scaled)
+      return loss, feasible, tape.gradient(scaled, variables)
+
+    if jit_compile:
+      # XLA compiles once per input shape: pair it with length bucketing.
+      loss_and_grads = tf.function(loss_and_grads, jit_compile=True)
+
+    def train_replica(batch):
+      loss, feasible, grads = loss_and_grads(batch["inputs"], batch["input_length"],
+                                             batch["labels"], batch["label_length"])
+      # Sum the gradients over replicas here, not in the optimizer, so that the norm
+      # and the clipping are of the global gradient, as on one device.
+      context = tf.distribute.get_replica_context()
+      if num_replicas > 1:
+        grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+      scale = tf.cast(optimizer.dynamic_scale, tf.float32) if loss_scaling else 1.0
+      grad_norm = tf.linalg.global_norm(grads) / scale
+      bad = ~tf.math.is_finite(tf.reduce_sum(loss) + grad_norm)
+      bad = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(bad, tf.float32)) > 0
+      if clip_norm > 0:
+        factor = clip_norm / tf.maximum(grad_norm, clip_norm)
+        grads = [g * factor for g in grads]
+      no_keys = tf.zeros([0], tf.string)
+      examples = tf.reduce_sum(tf.cast(feasible, tf.float32))
+      return grads, bad, {
+          # A skipped step's loss is left out, and so are its examples: the logged
+          # mean loss is over applied steps only.
+          "loss_sum": tf.where(bad, 0.0, tf.reduce_sum(loss)),
+          "loss_examples": tf.where(bad, 0.0, examples),
+          "examples": examples,
+          "infeasible": tf.reduce_sum(tf.cast(~feasible, tf.float32)),
+          "grad_norm": tf.where(bad, 0.0, grad_norm),
+          "infeasible_keys": tf.boolean_mask(batch["key"], ~feasible),
+          "nonfinite_keys": tf.cond(bad, lambda: batch["key"], lambda: no_keys),
+      }
+
+    @tf.function(input_signature=[element_spec])
+    def train_step(batch):
+      grads, bad, out = strategy.run(train_replica, args=(batch,))
+      local = lambda v: strategy.experimental_local_results(v)
+      # Replicas agree on skipping and on the (global) gradient norm.
+      bad = local(bad)[0]
+
+      # The skip (tf.cond) is decided here, in cross-replica context: a cond around
+      # an update that synchronizes replicas is not allowed inside strategy.run. The
+      # update itself runs per replica, where the optimizer sums the gradients once
+      # more, so each replica hands it its share of the (already summed) gradient.
+      def apply():
+        def update(grads):
+          shares = [g / num_replicas for g in grads]
+          optimizer.apply_gradients(zip(shares, variables))
+        with strategy.scope():
+          strategy.extended.call_for_each_replica(update, args=(grads,))
+        return tf.constant(0.0)
+
       if loss_scaling:
-        scaled = optimizer.scale_loss(scaled)
-    return loss, feasible, tape.gradient(scaled, model.trainable_variables)
+        # The loss-scale optimizer must see non-finite steps to lower its scale; it
+        # leaves the weights alone on those steps itself.
+        apply()
+        skipped = tf.cast(bad, tf.float32)
+      else:
+        skipped = tf.cond(bad, lambda: tf.constant(1.0), apply)
+      keys = {k: tf.concat(local(out.pop(k)), axis=0)
+              for k in ("infeasible_keys", "nonfinite_keys")}
+      grad_norm = local(out.pop("grad_norm"))[0]
+      return {**reduce_sum(out), "grad_norm": grad_norm, "skipped": skipped, **keys}
 
-  if jit_compile:
-    # XLA compiles once per input shape: pair it with length bucketing.
-    loss_and_grads = tf.function(loss_and_grads, jit_compile=True)
-
-  def train_replica(batch):
-    loss, feasible, grads = loss_and_grads(batch["inputs"], batch["input_length"],
-                                           batch["labels"], batch["label_length"])
-    # Sum the gradients over replicas here, not in the optimizer, so that the norm
-    # and the clipping are of the global gradient, as on one device.
-    context = tf.distribute.get_replica_context()
-    if num_replicas > 1:
-      grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-    scale = tf.cast(optimizer.dynamic_scale, tf.float32) if loss_scaling else 1.0
-    grad_norm = tf.linalg.global_norm(grads) / scale
-    bad = ~tf.math.is_finite(tf.reduce_sum(loss) + grad_norm)
-    bad = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(bad, tf.float32)) > 0
-    if clip_norm > 0:
-      factor = clip_norm / tf.maximum(grad_norm, clip_norm)
-      grads = [g * factor for g in grads]
-    no_keys = tf.zeros([0], tf.string)
-    examples = tf.reduce_sum(tf.cast(feasible, tf.float32))
-    return grads, bad, {
-        # A skipped step's loss is left out, and so are its examples: the logged
-        # mean loss is over applied steps only.
-        "loss_sum": tf.where(bad, 0.0, tf.reduce_sum(loss)),
-        "loss_examples": tf.where(bad, 0.0, examples),
-        "examples": examples,
-        "infeasible": tf.reduce_sum(tf.cast(~feasible, tf.float32)),
-        "grad_norm": tf.where(bad, 0.0, grad_norm),
-        "infeasible_keys": tf.boolean_mask(batch["key"], ~feasible),
-        "nonfinite_keys": tf.cond(bad, lambda: batch["key"], lambda: no_keys),
-    }
+    return train_step
 
   def eval_replica(batch):
     logits, logit_length = _forward(model, batch, training=False)
@@ -123,41 +183,6 @@ def make_step_fns(model, optimizer, charset: Charset, strategy: tf.distribute.St
         sums[f"{decoder.name}/{key}"] = value
     return sums, samples
 
-  def reduce_sum(values):
-    return tf.nest.map_structure(
-        lambda v: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None), values)
-
-  @tf.function(input_signature=[element_spec])
-  def train_step(batch):
-    grads, bad, out = strategy.run(train_replica, args=(batch,))
-    local = lambda v: strategy.experimental_local_results(v)
-    # Replicas agree on skipping and on the (global) gradient norm.
-    bad = local(bad)[0]
-
-    # The skip (tf.cond) is decided here, in cross-replica context: a cond around
-    # an update that synchronizes replicas is not allowed inside strategy.run. The
-    # update itself runs per replica, where the optimizer sums the gradients once
-    # more, so each replica hands it its share of the (already summed) gradient.
-    def apply():
-      def update(grads):
-        shares = [g / num_replicas for g in grads]
-        optimizer.apply_gradients(zip(shares, model.trainable_variables))
-      with strategy.scope():
-        strategy.extended.call_for_each_replica(update, args=(grads,))
-      return tf.constant(0.0)
-
-    if loss_scaling:
-      # The loss-scale optimizer must see non-finite steps to lower its scale; it
-      # leaves the weights alone on those steps itself.
-      apply()
-      skipped = tf.cast(bad, tf.float32)
-    else:
-      skipped = tf.cond(bad, lambda: tf.constant(1.0), apply)
-    keys = {k: tf.concat(local(out.pop(k)), axis=0)
-            for k in ("infeasible_keys", "nonfinite_keys")}
-    grad_norm = local(out.pop("grad_norm"))[0]
-    return {**reduce_sum(out), "grad_norm": grad_norm, "skipped": skipped, **keys}
-
   @tf.function(input_signature=[element_spec])
   def eval_step(batch):
     sums, samples = strategy.run(eval_replica, args=(batch,))
@@ -165,4 +190,8 @@ def make_step_fns(model, optimizer, charset: Charset, strategy: tf.distribute.St
         lambda v: strategy.experimental_local_results(v)[0], samples)
     return reduce_sum(sums), first_replica
 
-  return StepFns(train_step=train_step, eval_step=eval_step)
+  if not (frozen and frozen_steps):
+    return StepFns(train_step=make_train_step(()), eval_step=eval_step)
+  return StepFns(train_step=make_train_step(()), eval_step=eval_step,
+                 train_step_frozen=make_train_step(tuple(frozen)),
+                 frozen_steps=frozen_steps)

@@ -25,7 +25,13 @@ class ConvRNNConfig:
 
 class SequenceModel(keras.Model):
   """A feature extractor (the subclass's) followed by bidirectional RNNs, dropout and
-  a float32 classifier. `stride` input steps make one output frame."""
+  a float32 classifier. `stride` input steps make one output frame.
+
+  Its layers fall in groups that a warm start can freeze (warmstart.FREEZABLE): conv
+  (the subclass's feature extractor, `feature_layers`) and rnn. `call` takes
+  frozen=(group names): those groups run as in inference (batch norm statistics are
+  used, not updated), and steps.make_step_fns leaves their weights alone.
+  """
 
   def __init__(self, stride: int, rnn_layers: int, rnn_units: int, dropout: float,
                num_classes: int, cell=keras.layers.LSTM, **kwargs):
@@ -37,16 +43,24 @@ class SequenceModel(keras.Model):
     # Logits in float32 under any mixed precision policy: CTC needs the range.
     self.classifier = keras.layers.Dense(num_classes, dtype="float32")
 
+  def feature_layers(self) -> list:
+    """The layers before the RNNs (the conv group)."""
+    raise NotImplementedError
+
+  def layer_groups(self) -> dict:
+    """{group name: its layers} for --freeze."""
+    return {"conv": self.feature_layers(), "rnn": list(self.rnns)}
+
   def output_length(self, input_length):
     """Valid output frames for valid input steps: int32 [B] -> int32 [B]."""
     return (input_length + self.stride - 1) // self.stride
 
-  def sequence_head(self, frames, length, training):
+  def sequence_head(self, frames, length, training, frozen=()):
     """frames [B, T', D] (T' = ceil(T / stride)), length: valid frames int32 [B] or
     None -> logits float32 [B, T', num_classes]. The RNNs skip padding frames, so an
     example's logits do not depend on what it was batched with."""
     mask = None if length is None else tf.sequence_mask(length, tf.shape(frames)[1])
     x = frames
     for rnn in self.rnns:
-      x = rnn(x, mask=mask, training=training)
+      x = rnn(x, mask=mask, training=training and "rnn" not in frozen)
     return self.classifier(self.dropout(x, training=training))

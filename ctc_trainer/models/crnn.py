@@ -37,17 +37,21 @@ class CRNN(SequenceModel):
           keras.layers.MaxPooling2D(pool, strides=pool, padding="same"),
       ])
 
-  def call(self, inputs, input_length=None, training=False):
+  def feature_layers(self):
+    return [layer for layers in self.blocks for layer in layers]
+
+  def call(self, inputs, input_length=None, training=False, frozen=()):
     """inputs: float [B, H, W, C] -> logits [B, ceil(W / stride), num_classes].
 
     With input_length, padding columns are zeroed after every block and skipped by
     the LSTMs, so an example's logits do not depend on what it was batched with.
+    frozen: layer groups run as in inference (SequenceModel).
     """
     x = inputs
     stride = 1
     for layers in self.blocks:
       for layer in layers:
-        x = layer(x, training=training)
+        x = layer(x, training=training and "conv" not in frozen)
       if input_length is not None:
         # Zero the padding columns again: batch norm shifts them off zero, and the
         # next conv would carry that into the valid columns next to the padding.
@@ -59,7 +63,7 @@ class CRNN(SequenceModel):
     x = tf.transpose(x, [0, 2, 1, 3])
     x = tf.reshape(x, [shape[0], shape[2], x.shape[2] * x.shape[3]])
     length = None if input_length is None else self.output_length(input_length)
-    return self.sequence_head(x, length, training)
+    return self.sequence_head(x, length, training, frozen)
 
 
 @register("crnn", config=CRNNConfig, modality="image")

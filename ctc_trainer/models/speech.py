@@ -44,11 +44,15 @@ class DS2(SequenceModel):
           keras.layers.ReLU(),
       ]))
 
-  def call(self, inputs, input_length=None, training=False):
+  def feature_layers(self):
+    return [layer for _, layers in self.blocks for layer in layers]
+
+  def call(self, inputs, input_length=None, training=False, frozen=()):
     """inputs: float [B, T, F] -> logits [B, ceil(T / stride), num_classes].
 
     With input_length, padding frames are zeroed after every conv block and skipped
     by the RNNs, so an utterance's logits do not depend on what it is batched with.
+    frozen: layer groups run as in inference (SequenceModel).
     """
     x = inputs[..., None]   # [B, T, F, 1]: time and frequency as an image
     length = input_length
@@ -59,7 +63,7 @@ class DS2(SequenceModel):
       # utterance with its batch. This way frame t is centred on input t * stride.
       x = tf.pad(x, pad)
       for layer in layers:
-        x = layer(x, training=training)
+        x = layer(x, training=training and "conv" not in frozen)
       if length is not None:
         # Batch norm moves the padding off zero; the next block would carry that
         # into the valid frames next to it.
@@ -69,7 +73,7 @@ class DS2(SequenceModel):
     shape = tf.shape(x)
     # [B, T', F', C] -> [B, T', F' * C]: each frame's features and channels together.
     x = tf.reshape(x, [shape[0], shape[1], x.shape[2] * x.shape[3]])
-    return self.sequence_head(x, length, training)
+    return self.sequence_head(x, length, training, frozen)
 
 
 @register("ds2", config=DS2Config, modality="audio")
