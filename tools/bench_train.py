@@ -302,7 +302,7 @@ def main_in(folder, num_steps, rounds, warmup):
   real_data = FLAGS["data_format"].present and FLAGS.data_format != "synthetic"
   named = [(re.sub(r"\.cfg$", "", os.path.basename(f)), f) for f in FLAGS.configs]
   configs = {name: config_from(f, folder, real_data)
-             for name, f in named or [("", None)]}
+             for name, f in named or [("flags", None)]}
   first = next(iter(configs.values()))
   if real_data:
     charset = Charset.from_texts(
@@ -317,9 +317,10 @@ def main_in(folder, num_steps, rounds, warmup):
   runs, notes, batch = {}, {}, {}
   for name, cfg in configs.items():
     stacked, width = in_memory_batches(cfg, charset, FLAGS.num_batches)
-    print(f"{name or 'flags'}: {describe(cfg, charset, width)}", flush=True)
+    print(f"{name}: {describe(cfg, charset, width)}", flush=True)
     if FLAGS.parts:
-      todo = part_runs(cfg, charset, stacked)
+      todo = {part: (lambda run=run: run)
+              for part, run in part_runs(cfg, charset, stacked).items()}
     else:
       todo = {v: (lambda v=v: make_variant(v, cfg, charset, stacked))
               for v in FLAGS.variants}
@@ -328,7 +329,7 @@ def main_in(folder, num_steps, rounds, warmup):
       batch[key] = cfg.data.batch_size
       start = time.perf_counter()
       try:
-        runs[key] = make() if not FLAGS.parts else make
+        runs[key] = make()
         runs[key](warmup)
       except (tf.errors.OpError, ValueError, TypeError, NotImplementedError) as e:
         runs.pop(key, None)
@@ -346,7 +347,7 @@ def main_in(folder, num_steps, rounds, warmup):
       run(num_steps)
       seconds[key].append((time.perf_counter() - start) / num_steps)
     print(f"round {r + 1}: " + ", ".join(
-        f"{' '.join(k).strip()} {batch[k] / v[-1]:.0f}" for k, v in seconds.items())
+        f"{' '.join(k)} {batch[k] / v[-1]:.0f}" for k, v in seconds.items())
         + " examples/sec", flush=True)
   best = {key: min(v) for key, v in seconds.items()}
 
@@ -368,7 +369,7 @@ def main_in(folder, num_steps, rounds, warmup):
 
   first_name = next(iter(configs))
   print("\n| config | variant | examples/sec | vs keras_fit | vs ctc_trainer | "
-        f"vs {first_name or 'first'} | note |")
+        f"vs {first_name} | note |")
   print("|---|---|---:|---:|---:|---:|---|")
   rate = {key: batch[key] / v for key, v in best.items()}
   for name in configs:
