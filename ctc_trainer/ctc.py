@@ -23,7 +23,8 @@ def required_frames(labels: tf.Tensor, label_length: tf.Tensor) -> tf.Tensor:
 
 
 def ctc_loss(labels: tf.Tensor, label_length: tf.Tensor, logits: tf.Tensor,
-             logit_length: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+             logit_length: tf.Tensor, sparse_labels: bool = False
+             ) -> Tuple[tf.Tensor, tf.Tensor]:
   """Per-example CTC negative log-likelihood, with impossible labels masked out.
 
   labels: int32 [B, L]; label_length: int32 [B]; logits: [B, T, C] (any float dtype,
@@ -31,11 +32,24 @@ def ctc_loss(labels: tf.Tensor, label_length: tf.Tensor, logits: tf.Tensor,
   Returns (loss float32 [B], feasible bool [B]). An infeasible example (label needs
   more frames than the model produced) gets loss 0 and no gradient instead of inf:
   it is fed to the op as an empty label so that no inf or NaN enters the gradient.
+  sparse_labels: hand the labels to TensorFlow as a SparseTensor, which runs its
+  CTC kernel (CPU only, no XLA; many times faster there than the dense-label loss,
+  see docs/benchmarks.md); the result is the same.
   """
   feasible = required_frames(labels, label_length) <= logit_length
   safe_length = tf.where(feasible, label_length, tf.zeros_like(label_length))
+  if sparse_labels:
+    # That kernel rejects empty labels: an infeasible row gets the one-symbol label
+    # [1] instead (fits any frames; its loss is zeroed below). Characters are ids
+    # >= 1 and padding is 0, so from_dense keeps exactly the labels.
+    stand_in = tf.one_hot(tf.zeros_like(label_length), tf.shape(labels)[1],
+                          dtype=labels.dtype)
+    op_labels = tf.sparse.from_dense(tf.where(feasible[:, None], labels, stand_in))
+    op_length = None
+  else:
+    op_labels, op_length = labels, safe_length
   loss = tf.nn.ctc_loss(
-      labels=labels, logits=tf.cast(logits, tf.float32), label_length=safe_length,
+      labels=op_labels, logits=tf.cast(logits, tf.float32), label_length=op_length,
       logit_length=logit_length, logits_time_major=False, blank_index=BLANK_ID)
   return tf.where(feasible, loss, tf.zeros_like(loss)), feasible
 

@@ -411,8 +411,11 @@ def _log_interval(interval: _Interval, step: int, run: Run, writer,
     # steps after it.
     eta = f"first step took {elapsed:.1f}s (tracing, input start-up)"
   else:
+    # Wall time per step since the first, evaluations and checkpoints included:
+    # when the run will end, and what --train_steps would have to be to end sooner.
     rate = (step - run_start_step - 1) / max(now - run_start, 1e-9)
-    eta = "ETA " + summaries.format_duration((loop.train_steps - step) / rate)
+    eta = (f"ETA {summaries.format_duration((loop.train_steps - step) / rate)} to "
+           f"step {loop.train_steps} at {rate:.{2 if rate < 10 else 0}f} steps/s")
   logging.info("step %d/%d  loss %.4f  %.0f ex/s  input wait %.0f%%  padding "
                "efficiency %.0f%%  %s", step, loop.train_steps, scalars["loss"],
                scalars["examples_per_sec"], 100 * scalars["input_wait_fraction"],

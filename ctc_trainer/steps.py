@@ -73,6 +73,10 @@ def make_step_fns(model, optimizer, charset: Charset, strategy: tf.distribute.St
   eval_decoders = [decoders.get(name) for name in decoder_names]
   decoder_config = DecoderConfig(beam_width=beam_width)
   num_replicas = strategy.num_replicas_in_sync
+  # On CPU TensorFlow's CTC kernel (sparse labels) is many times faster than the
+  # dense-label loss, which is built from ops (docs/benchmarks.md); GPUs, TPUs and
+  # XLA take dense labels.
+  cpu_only = not any(tf.config.list_logical_devices(kind) for kind in ("GPU", "TPU"))
 
   def reduce_sum(values):
     return tf.nest.map_structure(
@@ -94,7 +98,8 @@ def make_step_fns(model, optimizer, charset: Charset, strategy: tf.distribute.St
       batch = {"inputs": inputs, "input_length": input_length}
       with tf.GradientTape() as tape:
         logits, logit_length = _forward(model, batch, training=True, frozen=frozen)
-        loss, feasible = ctc.ctc_loss(labels, label_length, logits, logit_length)
+        loss, feasible = ctc.ctc_loss(labels, label_length, logits, logit_length,
+                                      sparse_labels=cpu_only and not jit_compile)
         # Scaled by the global batch so that summing over replicas gives the mean.
         scaled = tf.reduce_sum(loss) / global_batch_size
         if loss_scaling:
@@ -170,7 +175,7 @@ def make_step_fns(model, optimizer, charset: Charset, strategy: tf.distribute.St
   def eval_replica(batch):
     logits, logit_length = _forward(model, batch, training=False)
     loss, feasible = ctc.ctc_loss(batch["labels"], batch["label_length"], logits,
-                                  logit_length)
+                                  logit_length, sparse_labels=cpu_only)
     sums = {"loss_sum": tf.reduce_sum(loss),
             "loss_examples": tf.reduce_sum(tf.cast(feasible, tf.float32))}
     samples = {}

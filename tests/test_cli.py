@@ -3,6 +3,7 @@ signal, kill and multi-worker tests start real processes)."""
 
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -39,7 +40,9 @@ def test_train_writes_checkpoints_summaries_and_flags(tiny_run):
   assert {"eval/cer", "eval/wer", "eval/seq_accuracy", "eval/loss", "eval/beam/cer",
           "eval/greedy/cer", "eval/greedy/seq_accuracy", "eval/samples"} <= tags, tags
   assert (workdir / "charset.txt").exists()
-  assert "step 6/6" in ran.err and "ETA" in ran.err
+  # The ETA says until when, to which step and at what rate.
+  assert "step 6/6" in ran.err
+  assert re.search(r"ETA \d+m\d\ds to step 6 at [0-9.]+ steps/s", ran.err), ran.err
   assert "step 1/6" in ran.err and "first step took" in ran.err
 
 

@@ -5,6 +5,7 @@ import os
 from typing import Tuple
 
 import pytest
+import tensorflow as tf
 from absl import flags
 from absl.testing import flagsaver
 
@@ -127,3 +128,27 @@ def test_short_run_from_the_demo_flagfile_starts(tmp_path):
 def test_models_register_their_config_and_modality():
   assert models.config_class("crnn") is CRNNConfig
   assert models.modality_of(DS2Config()) == "audio"
+
+
+@pytest.mark.parametrize("preset", ["base_ocr", "printed_lines", "handwriting_lines",
+                                    "short_codes", "demo_ocr"])
+def test_each_ocr_preset_is_a_valid_config_whose_model_builds(preset, tmp_path):
+  """A preset with only data flags added parses to a valid config, carries the header
+  a user reads (purpose, run command, expected result), and its model turns an
+  image of the preset's height into one frame per stride columns."""
+  os.chdir(ROOT)
+  path = os.path.join("configs", f"{preset}.cfg")
+  with open(path, encoding="utf-8") as f:
+    header = f.read().split("\n--", 1)[0]
+  assert header.startswith(f"# {preset}.cfg: ")
+  for part in ("# Purpose:", "# Run", "python -m ctc_trainer.train", "# Expected result:"):
+    assert part in header, part
+  cfg = config.from_flags(parse(f"--flagfile={path}", f"--workdir={tmp_path}",
+                                "--data_format=tsv", "--train_data=train.tsv",
+                                "--eval_data=val.tsv"),
+                          need_train=False, need_eval=False)
+  assert models.name_of(cfg.model) == "crnn" and cfg.data.modality == "image"
+  shape = (cfg.data.image_height, None, cfg.data.image_channels)
+  model = models.build(cfg.model, 12, shape)
+  logits = model(tf.zeros((1, shape[0], 3 * model.stride, shape[2])))
+  assert logits.shape == (1, 3, 12)

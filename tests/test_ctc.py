@@ -57,12 +57,14 @@ def test_required_frames_counts_repeats():
   assert ctc.required_frames(tf.constant([[1, 0, 0]]), tf.constant([1])).numpy() == [1]
 
 
-def test_infeasible_labels_are_masked_not_inf():
+@pytest.mark.parametrize("sparse_labels", [False, True])
+def test_infeasible_labels_are_masked_not_inf(sparse_labels):
   logits = tf.Variable(tf.random.normal([2, 4, 5]))
   labels = tf.constant([[1, 2, 0, 0, 0], [1, 1, 2, 3, 4]])
   label_length = tf.constant([2, 5])
   with tf.GradientTape() as tape:
-    loss, feasible = ctc.ctc_loss(labels, label_length, logits, tf.constant([4, 4]))
+    loss, feasible = ctc.ctc_loss(labels, label_length, logits, tf.constant([4, 4]),
+                                  sparse_labels=sparse_labels)
     total = tf.reduce_sum(loss)
   grad = tape.gradient(total, logits)
   assert feasible.numpy().tolist() == [True, False]
@@ -79,3 +81,23 @@ def test_loss_matches_tensorflow_on_feasible_labels():
   ref = tf.nn.ctc_loss(labels, logits, label_length, tf.constant([12, 10, 5]),
                        logits_time_major=False, blank_index=0)
   np.testing.assert_allclose(ours.numpy(), ref.numpy(), rtol=1e-5)
+
+
+def test_sparse_labels_give_the_dense_loss_and_gradient():
+  """The CPU fast path (TensorFlow's kernel on sparse labels) computes the same
+  loss and gradient as dense labels, repeats, padding and an infeasible row too."""
+  logits = tf.Variable(tf.random.normal([4, 12, 6], seed=2))
+  labels = tf.constant([[1, 2, 3, 0, 0], [2, 2, 2, 2, 2], [1, 0, 0, 0, 0],
+                        [5, 4, 4, 2, 1]])
+  label_length, logit_length = tf.constant([3, 5, 1, 5]), tf.constant([12, 8, 3, 9])
+  results = []
+  for sparse_labels in (False, True):
+    with tf.GradientTape() as tape:
+      loss, feasible = ctc.ctc_loss(labels, label_length, logits, logit_length,
+                                    sparse_labels=sparse_labels)
+      total = tf.reduce_sum(loss)
+    results.append((loss.numpy(), feasible.numpy(), tape.gradient(total, logits)))
+  (dense, dense_ok, dense_grad), (sparse, sparse_ok, sparse_grad) = results
+  assert dense_ok.tolist() == sparse_ok.tolist() == [True, False, True, True]
+  np.testing.assert_allclose(sparse, dense, rtol=1e-5)
+  np.testing.assert_allclose(sparse_grad.numpy(), dense_grad.numpy(), atol=1e-5)

@@ -39,25 +39,36 @@ def test_a_new_model_is_one_registration():
     models.registry._MODELS.pop("linear_for_test")  # pylint: disable=protected-access
 
 
-@pytest.mark.parametrize("width", [1, 7, 32, 33])
-def test_output_frames_cover_output_length(width):
-  model = models.build(TINY_MODEL, 9, (16, None, 1))
-  logits = model(tf.zeros([2, 16, width, 1]))
-  assert logits.shape[0] == 2 and logits.shape[2] == 9
-  length = model.output_length(tf.constant([width, 1]))
-  assert int(length[0]) == logits.shape[1] and int(length[1]) == 1
+# Three conv blocks pooling the width (one frame per 8 columns), with GRU cells.
+STRIDE_8 = dataclasses.replace(TINY_MODEL, conv_filters=(8, 8, 16), width_pools=3,
+                               rnn_cell="gru")
 
 
-def test_logits_do_not_depend_on_batch_padding():
-  """An image's logits are the same alone and padded in a wider batch."""
-  model = models.build(TINY_MODEL, 9, (16, None, 1))
-  image = tf.random.uniform([1, 16, 20, 1], seed=3)
-  alone = model(image, input_length=tf.constant([20]))
-  padded = tf.pad(image, [[0, 0], [0, 0], [0, 24], [0, 0]])
-  batched = model(tf.concat([padded, tf.random.uniform([1, 16, 44, 1])], 0),
-                  input_length=tf.constant([20, 44]))
-  frames = int(model.output_length(tf.constant([20]))[0])
-  np.testing.assert_allclose(alone[0, :frames], batched[0, :frames], atol=1e-5)
+@pytest.mark.parametrize("cfg, stride", [(TINY_MODEL, 4), (STRIDE_8, 8)])
+def test_output_frames_cover_output_length(cfg, stride):
+  model = models.build(cfg, 9, (16, None, 1))
+  assert model.stride == stride
+  for width in (1, 7, 32, 33):
+    logits = model(tf.zeros([2, 16, width, 1]))
+    assert logits.shape[0] == 2 and logits.shape[2] == 9
+    length = model.output_length(tf.constant([width, 1]))
+    assert int(length[0]) == logits.shape[1] == -(-width // stride)
+    assert int(length[1]) == 1
+
+
+@pytest.mark.parametrize("cfg", [TINY_MODEL, STRIDE_8])
+def test_logits_do_not_depend_on_batch_padding(cfg):
+  """An image's logits are the same alone and padded in a wider batch, also when its
+  width is not a multiple of the stride (a pool window then straddles its end)."""
+  model = models.build(cfg, 9, (16, None, 1))
+  for width in (20, 21):
+    image = tf.random.uniform([1, 16, width, 1], seed=3)
+    alone = model(image, input_length=tf.constant([width]))
+    padded = tf.pad(image, [[0, 0], [0, 0], [0, 44 - width], [0, 0]])
+    batched = model(tf.concat([padded, tf.random.uniform([1, 16, 44, 1])], 0),
+                    input_length=tf.constant([width, 44]))
+    frames = int(model.output_length(tf.constant([width]))[0])
+    np.testing.assert_allclose(alone[0, :frames], batched[0, :frames], atol=1e-5)
 
 
 @pytest.mark.parametrize("name, cfg, input_shape", [

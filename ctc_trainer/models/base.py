@@ -8,6 +8,8 @@ import tensorflow as tf
 
 from ctc_trainer.options import option
 
+RNN_CELLS = {"gru": keras.layers.GRU, "lstm": keras.layers.LSTM}
+
 
 @dataclasses.dataclass(frozen=True)
 class ConvRNNConfig:
@@ -20,6 +22,8 @@ class ConvRNNConfig:
   rnn_units: int = option(128, "Units per direction of each bidirectional RNN layer.",
                           minimum=1)
   rnn_layers: int = option(2, "Bidirectional RNN layers.", minimum=1)
+  rnn_cell: str = option("lstm", "The recurrent cell of the bidirectional layers "
+                         "(a GRU has 3 gates to an LSTM's 4).", choices=tuple(RNN_CELLS))
   dropout: float = option(0.1, "Dropout before the output layer.", minimum=0, below=1)
 
 
@@ -34,10 +38,11 @@ class SequenceModel(keras.Model):
   """
 
   def __init__(self, stride: int, rnn_layers: int, rnn_units: int, dropout: float,
-               num_classes: int, cell=keras.layers.LSTM, **kwargs):
+               num_classes: int, cell: str = "lstm", **kwargs):
     super().__init__(**kwargs)
     self.stride = stride
-    self.rnns = [keras.layers.Bidirectional(cell(rnn_units, return_sequences=True))
+    self.rnns = [keras.layers.Bidirectional(RNN_CELLS[cell](rnn_units,
+                                                            return_sequences=True))
                  for _ in range(rnn_layers)]
     self.dropout = keras.layers.Dropout(dropout)
     # Logits in float32 under any mixed precision policy: CTC needs the range.

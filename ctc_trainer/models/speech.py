@@ -13,25 +13,21 @@ import tensorflow as tf
 
 from ctc_trainer.models.registry import register
 from ctc_trainer.models.base import ConvRNNConfig, SequenceModel
-from ctc_trainer.options import option
 
 _TIME_STRIDES = 2         # conv blocks that also stride over time
 _KERNEL = (5, 5)          # (time, frequency); odd, so padding can be symmetric
-_CELLS = {"gru": keras.layers.GRU, "lstm": keras.layers.LSTM}
 
 
 @dataclasses.dataclass(frozen=True)
 class DS2Config(ConvRNNConfig):
-  """ds2's options: those of every conv + RNN model, and its recurrent cell."""
-  rnn_cell: str = option("lstm", "ds2: the recurrent cell of its bidirectional layers.",
-                         choices=tuple(_CELLS))
+  """ds2's options: those of every conv + RNN model."""
 
 
 class DS2(SequenceModel):
 
   def __init__(self, cfg: DS2Config, num_classes: int, **kwargs):
     super().__init__(2 ** min(_TIME_STRIDES, len(cfg.conv_filters)), cfg.rnn_layers,
-                     cfg.rnn_units, cfg.dropout, num_classes, cell=_CELLS[cfg.rnn_cell],
+                     cfg.rnn_units, cfg.dropout, num_classes, cell=cfg.rnn_cell,
                      **kwargs)
     self.blocks = []
     for i, filters in enumerate(cfg.conv_filters):

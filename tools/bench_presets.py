@@ -1,0 +1,178 @@
+"""Accuracy at equal wall time: OCR flagfiles trained side by side on real lines.
+
+  python tools/bench_presets.py \
+      --configs=tools/baselines/base_ocr_2026-12-02.cfg,configs/base_ocr.cfg \
+      --data_dir=../shared/data/gt4histcomment --eval_set=Wecklein1894 --minutes=30
+
+gt4histcomment by default: the training set is every commentary folder of
+--data_dir but --eval_set (linked into one sidecar folder in a temporary directory),
+the eval set is --eval_set. Each flagfile trains with only the data flags added
+(--data_format=sidecar, --bad_sample_policy=skip: the set has a few empty
+transcripts; --charset: every character of the training and eval labels, so that
+an eval line with a character the training set lacks counts as an error rather
+than stopping the run) in its own workdir, as `python -m ctc_trainer.train` under `nice`,
+for --minutes of wall time from its start (tracing included); then it gets SIGTERM,
+which saves a checkpoint after the step in progress, and its latest checkpoint is
+evaluated on the eval set (`python -m ctc_trainer.evaluate`, outside the budget).
+By default all runs train at once (--together), so that the machine's load hits
+them alike; --notogether runs them one after the other. Evaluations the flagfile
+schedules itself (--eval_every) happen inside the budget, as they would for a user.
+Prints a markdown table: steps reached, examples seen, CER, WER and sequence accuracy
+of the primary decoder at the end, and the best eval CER logged during the run.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app, flags
+
+from ctc_trainer.charset import Charset
+
+flags.DEFINE_list("configs", ["tools/baselines/base_ocr_2026-12-02.cfg",
+                              "configs/base_ocr.cfg"], "Flagfiles to compare.")
+flags.DEFINE_string("data_dir", "../shared/data/gt4histcomment",
+                    "A folder of sidecar folders (NAME.png + NAME.gt.txt).")
+flags.DEFINE_string("eval_set", "Wecklein1894", "The folder of --data_dir held out "
+                    "for evaluation; the others are the training set.")
+flags.DEFINE_float("minutes", 30.0, "Wall time each run trains.", lower_bound=0.1)
+flags.DEFINE_bool("together", True, "Train all runs at once (else one after another).")
+flags.DEFINE_list("extra_flags", [], "More flags for every run, e.g. --eval_every=200.")
+flags.DEFINE_string("keep", "", "Keep the workdirs under this folder (default: a "
+                    "temporary one, removed).")
+FLAGS = flags.FLAGS
+
+_STEP_LINE = re.compile(r"step (\d+)/\d+\s+loss")
+_BEST_LINE = re.compile(r"New best eval CER ([0-9.]+) at step (\d+)")
+
+
+def link_training_set(data_dir: str, eval_set: str, into: str) -> list:
+  """Symlinks every file of data_dir's folders but eval_set into `into` -> their
+  names (sidecar names are unique across gt4histcomment's folders)."""
+  os.makedirs(into)
+  folders = sorted(d for d in os.listdir(data_dir)
+                   if os.path.isdir(os.path.join(data_dir, d)) and d != eval_set)
+  for folder in folders:
+    for name in os.listdir(os.path.join(data_dir, folder)):
+      target = os.path.join(into, name)
+      if os.path.exists(target):
+        raise app.UsageError(f"{name} is in two folders of {data_dir}")
+      os.symlink(os.path.abspath(os.path.join(data_dir, folder, name)), target)
+  return folders
+
+
+def write_charset(data_dir: str, path: str) -> int:
+  """Every character of every .gt.txt label under data_dir -> charset file at
+  `path`; returns its size."""
+  texts = []
+  for folder, _, names in os.walk(data_dir, followlinks=True):
+    for name in sorted(names):
+      if name.endswith(".gt.txt"):
+        with open(os.path.join(folder, name), encoding="utf-8") as f:
+          texts.append(f.read().rstrip("\r\n"))
+  charset = Charset.from_texts(texts)
+  charset.save(path)
+  return charset.size
+
+
+def start_training(flagfile: str, workdir: str, data_flags: list) -> subprocess.Popen:
+  os.makedirs(workdir)
+  log = open(os.path.join(workdir, "train.log"), "w")
+  return subprocess.Popen(
+      ["nice", "-n", "10", sys.executable, "-m", "ctc_trainer.train",
+       f"--flagfile={flagfile}", f"--workdir={workdir}"] + data_flags,
+      stdout=log, stderr=subprocess.STDOUT)
+
+
+def stop_after(procs: dict, seconds: float, started: dict) -> None:
+  """SIGTERM each process `seconds` after its start; wait for all to exit."""
+  pending = dict(procs)
+  while pending:
+    for name, proc in list(pending.items()):
+      if proc.poll() is not None:
+        del pending[name]
+      elif time.time() - started[name] >= seconds:
+        proc.send_signal(signal.SIGTERM)
+        del pending[name]
+    time.sleep(1)
+  for proc in procs.values():
+    proc.wait()
+
+
+def summarize(workdir: str) -> dict:
+  """Steps reached and the best eval CER the run logged, from its train.log."""
+  with open(os.path.join(workdir, "train.log"), encoding="utf-8") as f:
+    text = f.read()
+  steps = [int(s) for s in _STEP_LINE.findall(text)]
+  best = [float(c) for c, _ in _BEST_LINE.findall(text)]
+  return {"steps": max(steps, default=0), "best_logged_cer": min(best, default=None)}
+
+
+def evaluate(workdir: str, data_flags: list) -> dict:
+  out = subprocess.run(
+      ["nice", "-n", "10", sys.executable, "-m", "ctc_trainer.evaluate",
+       f"--workdir={workdir}", "--checkpoint=latest", "--json"] + data_flags,
+      capture_output=True, text=True)
+  if out.returncode:
+    return {"error": (out.stderr.strip().splitlines() or ["?"])[-1]}
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  root = FLAGS.keep or tempfile.mkdtemp(prefix="bench_presets-")
+  try:
+    train_dir = os.path.join(root, "train")
+    folders = link_training_set(FLAGS.data_dir, FLAGS.eval_set, train_dir)
+    charset = os.path.join(root, "charset.txt")
+    symbols = write_charset(FLAGS.data_dir, charset)
+    data_flags = ["--data_format=sidecar", f"--train_data={train_dir}",
+                  f"--eval_data={os.path.join(FLAGS.data_dir, FLAGS.eval_set)}",
+                  "--bad_sample_policy=skip", f"--charset={charset}"] + FLAGS.extra_flags
+    names = [re.sub(r"\.cfg$", "", os.path.basename(f)) for f in FLAGS.configs]
+    print(f"train: {', '.join(folders)}; eval: {FLAGS.eval_set}; {symbols} symbols; "
+          f"{FLAGS.minutes:g} minutes each, "
+          f"{'all at once' if FLAGS.together else 'one after another'}; "
+          f"{os.cpu_count()} CPUs", flush=True)
+    seconds = 60 * FLAGS.minutes
+    groups = ([list(zip(names, FLAGS.configs))] if FLAGS.together else
+              [[pair] for pair in zip(names, FLAGS.configs)])
+    for group in groups:
+      procs, started = {}, {}
+      for name, flagfile in group:
+        procs[name] = start_training(flagfile, os.path.join(root, name), data_flags)
+        started[name] = time.time()
+      stop_after(procs, seconds, started)
+    print("\n| config | steps | examples | CER | WER | seq. accuracy | best logged "
+          "CER |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, flagfile in zip(names, FLAGS.configs):
+      workdir = os.path.join(root, name)
+      run = summarize(workdir)
+      result = evaluate(workdir, data_flags)
+      batch = re.search(r"--batch_size=(\d+)",
+                        open(os.path.join(workdir, "flags.cfg")).read())
+      examples = run["steps"] * int(batch.group(1)) if batch else "-"
+      if "error" in result:
+        print(f"| {name} | {run['steps']} | {examples} | {result['error']} | | | |")
+        continue
+      best = run["best_logged_cer"]
+      print(f"| {name} | {run['steps']} | {examples} | {result['cer']:.4f} | "
+            f"{result['wer']:.4f} | {result['seq_accuracy']:.4f} | "
+            f"{'-' if best is None else f'{best:.4f}'} |", flush=True)
+  finally:
+    if not FLAGS.keep:
+      shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+  # Relative paths (flagfiles, --data_dir) are taken from the repository root.
+  os.chdir(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+  app.run(main)
