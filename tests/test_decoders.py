@@ -149,18 +149,18 @@ def test_a_decoder_registered_in_a_test_is_used_by_eval_step(monkeypatch):
   assert "greedy/char_edits" in sums
 
 
-def test_serving_module_serves_the_configured_decoder(tmp_path):
-  """A greedy primary: the SavedModel's strings are eval_step's greedy strings, with
-  one path and the best path's probability as confidence."""
+def test_serving_module_serves_the_configured_decoder():
+  """A greedy primary: the serving module's strings are eval_step's greedy strings,
+  with one path and the best path's probability as confidence (test_export saves and
+  loads a serving module)."""
   model, fns = build_steps(decoder_names=("greedy", "beam"))
   batch = make_batch(TEXTS, 40)
   _, samples = fns.eval_step(batch)
   module = export.ServingModule(model, CHARSET, DataConfig(image_height=HEIGHT),
                                 beam_width=4, decoder="greedy")
   assert module.top_k == 1
-  tf.saved_model.save(module, str(tmp_path), signatures=module.signatures())
-  served = tf.saved_model.load(str(tmp_path)).signatures["features"](
-      inputs=batch["inputs"], input_length=batch["input_length"])
+  served = module.signatures()["features"](inputs=batch["inputs"],
+                                           input_length=batch["input_length"])
   assert served["text"].numpy().tolist() == samples["greedy"].numpy().tolist()
   assert served["top_k_texts"].shape == (len(TEXTS), 1)
   logits = model(batch["inputs"], input_length=batch["input_length"], training=False)

@@ -149,14 +149,16 @@ def test_predict_reads_any_format(exports, served, tiny_run):
     assert [(p, t) for p, t, _ in lines] == [(p, served[fmt]["texts"][p]) for p in paths]
 
 
-def test_failed_gate_writes_nothing(restored, tmp_path):
-  """The converted graph's inputs scaled tenfold: the gate fails, nothing is written."""
-  run, step = restored
-  parity = export.export_run(run, step, str(tmp_path / "out"), fmt="tflite",
-                             input_scale=10.0, parity_samples=8)
-  assert not parity.ok and parity.num_different > 0
-  assert "parity gate FAILED" in parity.describe() and "TFLite CER" in parity.describe()
-  assert os.listdir(tmp_path) == []
+def test_failed_gate_writes_nothing(tiny_run, tmp_path):
+  """The export tool with the converted graph's inputs scaled tenfold: the gate
+  fails, the tool says so and exits 1, and nothing is written."""
+  ran = export_cli(f"--workdir={tiny_run.workdir}", f"--export_dir={tmp_path / 'out'}",
+                   "--format=tflite", "--parity_test_perturb=10", "--parity_samples=8")
+  assert ran.code == 1, ran.err[-2000:]
+  assert "parity gate FAILED" in ran.out and "on 8 eval samples" in ran.out
+  assert "TFLite CER" in ran.out and "transcriptions differ, first: " in ran.out
+  assert "discarded" in ran.err
+  assert os.listdir(tmp_path) == []   # neither the export nor its staging folder
 
 
 def test_export_tool_takes_the_format_and_its_options(tiny_run, tmp_path):

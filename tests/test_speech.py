@@ -14,12 +14,11 @@ import tensorflow as tf
 from ctc_trainer import config, export, host, loop, metrics, models
 from ctc_trainer.charset import Charset
 from ctc_trainer.config import AudioConfig, Config, DataConfig, LoopConfig, OptimConfig
-from ctc_trainer.data import audio, pipeline
+from ctc_trainer.data import audio, pipeline, sources
 from ctc_trainer.models.speech import DS2Config
-from tests.helpers import run_process
+from tests.helpers import load_tool, run_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOL = os.path.join(ROOT, "tools", "make_digit_sequences.py")
 FSDD = os.path.join(ROOT, "..", "shared", "data", "fsdd", "recordings")
 RATE = 8000
 TINY_DS2 = DS2Config(conv_filters=(8, 8), rnn_units=16, rnn_layers=1, rnn_cell="gru",
@@ -95,8 +94,10 @@ def make_clips(folder, speakers=("ann", "bob"), indices=3):
 
 
 def run_tool(*args, check=True):
-  """tools/make_digit_sequences.py ARGS in a child process, as a user runs it."""
-  ran = run_process(TOOL, *args, check=False)
+  """tools/make_digit_sequences.py ARGS, run in this process as its command line
+  would (a child process would spend its time importing TensorFlow)."""
+  ran = run_main(load_tool("make_digit_sequences").main, *args,
+                 prog="tools/make_digit_sequences.py")
   if check and ran.code != 0:
     raise AssertionError(f"make_digit_sequences failed:\n{ran.err[-3000:]}")
   return ran
@@ -249,9 +250,12 @@ def test_export_serves_wav_bytes_as_evaluation_decodes(trained, evaluated, tmp_p
   eval step did, so its CER is the one evaluation reported; the export's own parity
   gate agrees."""
   cfg, results = trained
-  parity = export.export_checkpoint(cfg, str(tmp_path / "export"))
+  trainer, _ = loop.restore_trained(cfg, "latest")
+  export.export(export.ServingModule.from_run(trainer), str(tmp_path))
+  serve = export.serving_fn(export.load(str(tmp_path)))
+  samples = sources.load_samples(cfg.data, "eval", trainer.charset)
+  parity = export.check_parity(trainer, serve, samples)
   assert parity.ok and parity.num_samples == 16, parity.describe()
-  serve = export.serving_fn(export.load(str(tmp_path / "export")))
   paths = sorted(evaluated)
   # Batches of 5, not eval's 8: padding must not change a transcription.
   served = [t.text for t in export.transcribe_files(serve, paths, batch_size=5)]

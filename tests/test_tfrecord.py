@@ -276,16 +276,12 @@ def shards_of_gone_files(tmp_path):
 
 
 def test_parity_gate_serves_the_bytes_read_not_reopened_keys(shards_of_gone_files):
+  """The gate serves the bytes the eval pipeline read (the keys name files that are
+  gone), all of them or the first `limit` (the export tool's --parity_samples)."""
   trainer, _ = loop.restore_trained(shards_of_gone_files)
-  module = export.ServingModule.from_run(trainer)
+  serve = export.serving_fn(export.ServingModule.from_run(trainer))
   samples = sources.load_samples(shards_of_gone_files.data, "eval", trainer.charset)
-  parity = export.check_parity(trainer, export.serving_fn(module), samples)
+  parity = export.check_parity(trainer, serve, samples)
   assert parity.ok and parity.num_samples == 5, parity.describe()
-
-
-def test_export_with_parity_samples_takes_the_first_examples(shards_of_gone_files,
-                                                             tmp_path):
-  parity = export.export_checkpoint(shards_of_gone_files, str(tmp_path / "export"),
-                                    parity_samples=3)
+  parity = export.check_parity(trainer, serve, samples, limit=3)
   assert parity.ok and parity.num_samples == 3, parity.describe()
-  assert tf.saved_model.contains_saved_model(str(tmp_path / "export"))
