@@ -21,18 +21,14 @@ Prints a markdown table: steps reached, examples seen, CER, WER and sequence acc
 of the primary decoder at the end, and the best eval CER logged during the run.
 """
 
-import json
 import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
-import time
 
 from absl import app, flags
 
+import benchlib
 from ctc_trainer.charset import Charset
 
 flags.DEFINE_list("configs", ["tools/baselines/base_ocr_2026-12-02.cfg",
@@ -56,8 +52,7 @@ def link_training_set(data_dir: str, eval_set: str, into: str) -> list:
   """Symlinks every file of data_dir's folders but eval_set into `into` -> their
   names (sidecar names are unique across gt4histcomment's folders)."""
   os.makedirs(into)
-  folders = sorted(d for d in os.listdir(data_dir)
-                   if os.path.isdir(os.path.join(data_dir, d)) and d != eval_set)
+  folders = benchlib.books(data_dir, leave_out=eval_set)
   for folder in folders:
     for name in os.listdir(os.path.join(data_dir, folder)):
       target = os.path.join(into, name)
@@ -81,30 +76,6 @@ def write_charset(data_dir: str, path: str) -> int:
   return charset.size
 
 
-def start_training(flagfile: str, workdir: str, data_flags: list) -> subprocess.Popen:
-  os.makedirs(workdir)
-  log = open(os.path.join(workdir, "train.log"), "w")
-  return subprocess.Popen(
-      ["nice", "-n", "10", sys.executable, "-m", "ctc_trainer.train",
-       f"--flagfile={flagfile}", f"--workdir={workdir}"] + data_flags,
-      stdout=log, stderr=subprocess.STDOUT)
-
-
-def stop_after(procs: dict, seconds: float, started: dict) -> None:
-  """SIGTERM each process `seconds` after its start; wait for all to exit."""
-  pending = dict(procs)
-  while pending:
-    for name, proc in list(pending.items()):
-      if proc.poll() is not None:
-        del pending[name]
-      elif time.time() - started[name] >= seconds:
-        proc.send_signal(signal.SIGTERM)
-        del pending[name]
-    time.sleep(1)
-  for proc in procs.values():
-    proc.wait()
-
-
 def summarize(workdir: str) -> dict:
   """Steps reached and the best eval CER the run logged, from its train.log."""
   with open(os.path.join(workdir, "train.log"), encoding="utf-8") as f:
@@ -112,16 +83,6 @@ def summarize(workdir: str) -> dict:
   steps = [int(s) for s in _STEP_LINE.findall(text)]
   best = [float(c) for c, _ in _BEST_LINE.findall(text)]
   return {"steps": max(steps, default=0), "best_logged_cer": min(best, default=None)}
-
-
-def evaluate(workdir: str, data_flags: list) -> dict:
-  out = subprocess.run(
-      ["nice", "-n", "10", sys.executable, "-m", "ctc_trainer.evaluate",
-       f"--workdir={workdir}", "--checkpoint=latest", "--json"] + data_flags,
-      capture_output=True, text=True)
-  if out.returncode:
-    return {"error": (out.stderr.strip().splitlines() or ["?"])[-1]}
-  return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main(argv):
@@ -141,22 +102,23 @@ def main(argv):
           f"{FLAGS.minutes:g} minutes each, "
           f"{'all at once' if FLAGS.together else 'one after another'}; "
           f"{os.cpu_count()} CPUs", flush=True)
-    seconds = 60 * FLAGS.minutes
     groups = ([list(zip(names, FLAGS.configs))] if FLAGS.together else
               [[pair] for pair in zip(names, FLAGS.configs)])
     for group in groups:
-      procs, started = {}, {}
-      for name, flagfile in group:
-        procs[name] = start_training(flagfile, os.path.join(root, name), data_flags)
-        started[name] = time.time()
-      stop_after(procs, seconds, started)
+      runs = [benchlib.train_for(os.path.join(root, name), [f"--flagfile={flagfile}",
+                                                            *data_flags],
+                                 FLAGS.minutes, log_path=os.path.join(root, name,
+                                                                      "train.log"))
+              for name, flagfile in group]
+      for finish in runs:
+        finish()
     print("\n| config | steps | examples | CER | WER | seq. accuracy | best logged "
           "CER |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, flagfile in zip(names, FLAGS.configs):
       workdir = os.path.join(root, name)
       run = summarize(workdir)
-      result = evaluate(workdir, data_flags)
+      result = benchlib.evaluate(workdir, *data_flags)
       batch = re.search(r"--batch_size=(\d+)",
                         open(os.path.join(workdir, "flags.cfg")).read())
       examples = run["steps"] * int(batch.group(1)) if batch else "-"

@@ -23,21 +23,17 @@ neither charset has make their lines skipped: --unknown_char_policy=skip, report
 Prints a markdown table for docs/benchmarks.md.
 """
 
-import json
 import os
 import random
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 
 import tensorflow as tf
 from absl import app, flags, logging
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import benchlib
 
-flags.DEFINE_string("data", os.path.join(REPO, "..", "shared", "data", "gt4histcomment"),
+flags.DEFINE_string("data", benchlib.GT4HISTCOMMENT,
                     "gt4histcomment: one sidecar folder per commentary.")
 flags.DEFINE_string("target", "Wecklein1894", "The commentary to adapt to.")
 flags.DEFINE_integer("target_train_lines", 60, "Target lines to train on; the rest "
@@ -69,67 +65,32 @@ ADAPT_FLAGS = ["--lr_schedule=constant", "--learning_rate=1e-3", "--train_steps=
                "--unknown_char_policy=skip"]
 
 
-def labelled_lines(folder):
-  """(image path, transcription) of a sidecar folder, empty transcriptions left out."""
-  for name in sorted(os.listdir(folder)):
-    if name.endswith(".png"):
-      with open(os.path.join(folder, name[:-4] + ".gt.txt"), encoding="utf-8") as f:
-        text = f.read().rstrip("\r\n")
-      if text.strip():
-        yield os.path.join(folder, name), text
-
-
 def write_manifests(data, target, train_lines, seed, out):
   """-> {name: tsv path} for base_train, base_eval, target_train, target_eval."""
-  books = sorted(b for b in os.listdir(data)
-                 if os.path.isdir(os.path.join(data, b)) and b != target)
-  base = [line for book in books for line in labelled_lines(os.path.join(data, book))]
-  lines = list(labelled_lines(os.path.join(data, target)))
+  base = [line for book in benchlib.books(data, leave_out=target)
+          for line in benchlib.labelled_lines(os.path.join(data, book))]
+  lines = list(benchlib.labelled_lines(os.path.join(data, target)))
   random.Random(seed).shuffle(lines)
   splits = {"base_train": [r for i, r in enumerate(base) if i % 25],
             "base_eval": [r for i, r in enumerate(base) if not i % 25],
             "target_train": lines[:train_lines], "target_eval": lines[train_lines:]}
-  os.makedirs(out, exist_ok=True)
   paths = {}
   for name, rows in splits.items():
-    paths[name] = os.path.join(out, f"{name}.tsv")
-    with open(paths[name], "w", encoding="utf-8") as f:
-      f.writelines(f"{os.path.abspath(p)}\t{t}\n" for p, t in rows)
+    paths[name] = benchlib.write_manifest(os.path.join(out, f"{name}.tsv"), rows)
     logging.info("%s: %d lines", name, len(rows))
   return paths
 
 
 def train_for(workdir, flags_, minutes):
-  """Starts the train CLI; -> a function that waits up to `minutes` from now, then
-  stops it with SIGTERM (it saves a checkpoint) and waits for it to exit."""
-  log = open(os.path.join(os.path.dirname(workdir),
-                          os.path.basename(workdir) + ".log"), "w")
-  proc = subprocess.Popen(
-      [sys.executable, "-m", "ctc_trainer.train", f"--workdir={workdir}", *flags_],
-      cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), stdout=log,
-      stderr=subprocess.STDOUT)
-  deadline = time.time() + minutes * 60
-
-  def finish():
-    try:
-      proc.wait(timeout=max(deadline - time.time(), 0))
-    except subprocess.TimeoutExpired:
-      proc.send_signal(signal.SIGTERM)
-      proc.wait()
-    log.close()
-    if proc.returncode not in (0, 128 + signal.SIGTERM):
-      raise RuntimeError(f"training {workdir} failed ({proc.returncode}); see {log.name}")
-  return finish
+  return benchlib.train_for(workdir, flags_, minutes, nice=0)   # the tool is niced
 
 
 def evaluate(workdir, eval_data, which="latest"):
-  out = subprocess.run(
-      [sys.executable, "-m", "ctc_trainer.evaluate", f"--workdir={workdir}",
-       f"--eval_data={eval_data}", f"--checkpoint={which}",
-       "--unknown_char_policy=skip", "--json"],
-      cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), check=True,
-      capture_output=True, text=True)
-  return json.loads(out.stdout.strip().splitlines()[-1])
+  result = benchlib.evaluate(workdir, f"--eval_data={eval_data}",
+                             "--unknown_char_policy=skip", which=which, nice=0)
+  if "error" in result:
+    raise RuntimeError(f"evaluating {workdir}: {result['error']}")
+  return result
 
 
 def has_checkpoint(workdir):

@@ -1,0 +1,89 @@
+"""What the accuracy benchmarks share: gt4histcomment's sidecar folders read as
+labelled lines, training runs started as a user starts them and stopped by the clock
+(SIGTERM: the run saves a checkpoint), and `ctc_trainer.evaluate --json`.
+
+The tools import it as `benchlib` (a script's own folder is first on sys.path).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Callable, Iterator, List, Sequence, Tuple
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GT4HISTCOMMENT = os.path.join(REPO, "..", "shared", "data", "gt4histcomment")
+
+
+def labelled_lines(folder: str) -> Iterator[Tuple[str, str]]:
+  """(image path, transcription) of each NAME.png + NAME.gt.txt in a sidecar folder,
+  sorted by name; lines with an empty transcription are left out."""
+  for name in sorted(os.listdir(folder)):
+    if name.endswith(".png"):
+      with open(os.path.join(folder, name[:-4] + ".gt.txt"), encoding="utf-8") as f:
+        text = f.read().rstrip("\r\n")
+      if text.strip():
+        yield os.path.join(folder, name), text
+
+
+def books(data_dir: str, leave_out: str = "") -> List[str]:
+  """The commentary folders of data_dir, sorted, but `leave_out`."""
+  return sorted(b for b in os.listdir(data_dir)
+                if os.path.isdir(os.path.join(data_dir, b)) and b != leave_out)
+
+
+def write_manifest(path: str, rows: Sequence[Tuple[str, str]]) -> str:
+  """A tsv manifest of (image path, text) rows at `path` (absolute image paths)."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    f.writelines(f"{os.path.abspath(p)}\t{t}\n" for p, t in rows)
+  return path
+
+
+def _child_env() -> dict:
+  return dict(os.environ, PYTHONPATH=REPO)
+
+
+def train_for(workdir: str, flags: Sequence[str], minutes: float, nice: int = 10,
+              log_path: str = "") -> Callable[[], int]:
+  """Starts `python -m ctc_trainer.train --workdir=WORKDIR FLAGS` under `nice`, its
+  output into log_path (default WORKDIR.log) -> finish(), which waits until `minutes`
+  after the start, then stops the run with SIGTERM (it saves a checkpoint after the
+  step in progress) and waits for it to exit; finish() returns the seconds the run
+  took and raises if it failed."""
+  log_path = log_path or workdir.rstrip("/") + ".log"
+  os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+  log = open(log_path, "w")
+  started = time.time()
+  proc = subprocess.Popen(
+      ["nice", "-n", str(nice), sys.executable, "-m", "ctc_trainer.train",
+       f"--workdir={workdir}", *flags],
+      cwd=REPO, env=_child_env(), stdout=log, stderr=subprocess.STDOUT)
+  deadline = started + minutes * 60
+
+  def finish() -> float:
+    try:
+      proc.wait(timeout=max(deadline - time.time(), 0))
+    except subprocess.TimeoutExpired:
+      proc.send_signal(signal.SIGTERM)
+      proc.wait()
+    log.close()
+    # -SIGTERM: stopped before its handler was installed (no checkpoint).
+    if proc.returncode not in (0, 128 + signal.SIGTERM, -signal.SIGTERM):
+      raise RuntimeError(f"training {workdir} failed ({proc.returncode}); see {log.name}")
+    return time.time() - started
+  return finish
+
+
+def evaluate(workdir: str, *flags: str, which: str = "latest", nice: int = 10) -> dict:
+  """`python -m ctc_trainer.evaluate --workdir=WORKDIR --checkpoint=WHICH --json FLAGS`
+  -> its metrics; {"error": last line of its stderr} when it fails."""
+  out = subprocess.run(
+      ["nice", "-n", str(nice), sys.executable, "-m", "ctc_trainer.evaluate",
+       f"--workdir={workdir}", f"--checkpoint={which}", "--json", *flags],
+      cwd=REPO, env=_child_env(), capture_output=True, text=True)
+  if out.returncode:
+    return {"error": (out.stderr.strip().splitlines() or ["?"])[-1]}
+  return json.loads(out.stdout.strip().splitlines()[-1])
