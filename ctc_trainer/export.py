@@ -245,13 +245,25 @@ def serving_fn(served) -> ServeFn:
 
 
 def _host_serving_fn(recognizer: host.Recognizer) -> ServeFn:
-  """A Recognizer's greedy transcriptions in the outputs dict (top_k = 1)."""
+  """A Recognizer's greedy transcriptions in the outputs dict (top_k = 1), with the
+  char_* outputs as a SavedModel gives them."""
   def serve(encoded):
-    results = recognizer.transcribe(encoded)
-    texts = np.array([[t.encode("utf-8")] for t, _ in results], object).reshape(-1, 1)
-    scores = np.array([[s] for _, s in results], np.float32).reshape(-1, 1)
+    results = recognizer.transcribe_detail(encoded)
+    texts = np.array([[t.encode("utf-8")] for t, _, _ in results],
+                     object).reshape(-1, 1)
+    scores = np.array([[s] for _, s, _ in results], np.float32).reshape(-1, 1)
+    longest = max([len(c) for _, _, c in results], default=0)
+    chars = np.full((len(results), longest), b"", object)
+    values = np.zeros((3, len(results), longest), np.float32)
+    for i, (_, _, row) in enumerate(results):
+      for j, (char, confidence, start, end) in enumerate(row):
+        chars[i, j] = char.encode("utf-8")
+        values[:, i, j] = confidence, start, end
     return {"text": texts[:, 0], "confidence": np.exp(scores[:, 0]),
-            "top_k_texts": texts, "top_k_scores": scores}
+            "top_k_texts": texts, "top_k_scores": scores,
+            "char_count": np.array([len(c) for _, _, c in results], np.int32),
+            "chars": chars, "char_confidence": values[0], "char_start": values[1],
+            "char_end": values[2], "char_unit": recognizer.position_unit}
   return serve
 
 

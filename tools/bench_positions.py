@@ -30,7 +30,7 @@ import json
 import os
 import sys
 import time
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 from absl import app, flags
 
@@ -67,15 +67,21 @@ def _read_manifest(folder: str) -> Dict[str, str]:
     return dict(line.rstrip("\n").split("\t") for line in f if line.strip())
 
 
-def _transcriptions(workdir: str, folder: str, names: List[str], decoder: str):
-  """The latest checkpoint of workdir, served with `decoder`, on folder's files."""
+def _transcriptions(workdir: str, folder: str, names: List[str],
+                    decoders: Sequence[str]):
+  """The latest checkpoint of workdir (restored once), served with each decoder, on
+  folder's files -> (run, {decoder: transcriptions})."""
   from ctc_trainer import export, loop
   cfg = _run_config(workdir)
   run, _ = loop.restore_trained(cfg, "latest")
-  module = export.ServingModule(run.model, run.charset, cfg.data, cfg.loop.beam_width,
-                                top_k=1, decoder=decoder)
   paths = [os.path.join(folder, n) for n in names]
-  return run, list(export.transcribe_files(export.serving_fn(module), paths, 32))
+  results = {}
+  for decoder in decoders:
+    module = export.ServingModule(run.model, run.charset, cfg.data,
+                                  cfg.loop.beam_width, top_k=1, decoder=decoder)
+    results[decoder] = list(export.transcribe_files(export.serving_fn(module), paths,
+                                                    32))
+  return run, results
 
 
 def _run_config(workdir: str):
@@ -97,55 +103,64 @@ def _matches(truth: str, prediction: str) -> List[Tuple[int, int]]:
   return pairs
 
 
-def glyph_box_hits(workdir: str, folder: str, decoder: str = "greedy") -> Hits:
-  """--positions_task=synthetic: decoded character centres against their glyph boxes."""
+def glyph_box_hits(workdir: str, folder: str,
+                   decoders: Sequence[str] = ("greedy",)) -> Dict[str, Hits]:
+  """--positions_task=synthetic: decoded character centres against their glyph
+  boxes, per decoder."""
   from PIL import Image
   from ctc_trainer.data import image, synthetic
   boxes = synthetic.glyph_boxes(folder)
   truths = _read_manifest(folder)
   names = sorted(truths)
-  run, results = _transcriptions(workdir, folder, names, decoder)
+  run, results = _transcriptions(workdir, folder, names, decoders)
   height, max_width = run.cfg.data.image_height, run.cfg.data.max_image_width
-  hits = Hits()
-  for name, result in zip(names, results):
-    if result.error is not None:
-      raise RuntimeError(f"{name}: {result.error}")
+  slack = {}
+  for name in names:
     with Image.open(os.path.join(folder, name)) as im:
       width, h = im.size
     resized = int(image.resized_width(h, width, height, max_width))
-    slack = run.model.stride * width / resized   # one frame stride, in original px
-    hits.truth_chars += len(truths[name])
-    for i, j in _matches(truths[name], result.text):
-      char = result.chars[j]
-      centre = (char["start"] + char["end"]) / 2
-      x0, x1 = boxes[name][i]
-      hits.matched += 1
-      hits.inside += x0 - slack <= centre <= x1 + slack
-      hits.inside_tight += x0 <= centre <= x1
-  return hits
+    slack[name] = run.model.stride * width / resized   # one frame, in original px
+  found = {}
+  for decoder in decoders:
+    hits = found[decoder] = Hits()
+    for name, result in zip(names, results[decoder]):
+      if result.error is not None:
+        raise RuntimeError(f"{name}: {result.error}")
+      hits.truth_chars += len(truths[name])
+      for i, j in _matches(truths[name], result.text):
+        char = result.chars[j]
+        centre = (char["start"] + char["end"]) / 2
+        x0, x1 = boxes[name][i]
+        hits.matched += 1
+        hits.inside += x0 - slack[name] <= centre <= x1 + slack[name]
+        hits.inside_tight += x0 <= centre <= x1
+  return found
 
 
-def digit_span_hits(workdir: str, folder: str, decoder: str = "greedy",
-                    tolerance_ms: float = SLACK_MS) -> Hits:
-  """--positions_task=digits: decoded digit spans against the clips' boundaries."""
+def digit_span_hits(workdir: str, folder: str, decoders: Sequence[str] = ("greedy",),
+                    tolerance_ms: float = SLACK_MS) -> Dict[str, Hits]:
+  """--positions_task=digits: decoded digit spans against the clips' boundaries,
+  per decoder."""
   with open(os.path.join(folder, "spans.jsonl"), encoding="utf-8") as f:
     spans = {row["name"]: row for row in map(json.loads, f)}
   truths = _read_manifest(folder)
   names = sorted(truths)
-  _, results = _transcriptions(workdir, folder, names, decoder)
-  hits = Hits()
-  for name, result in zip(names, results):
-    if result.error is not None:
-      raise RuntimeError(f"{name}: {result.error}")
-    hits.truth_chars += len(truths[name])
-    for i, j in _matches(truths[name], result.text):
-      char = result.chars[j]
-      start, end = spans[name]["spans_ms"][i]
-      hits.matched += 1
-      hits.inside += (start - tolerance_ms <= char["start"]
-                      and char["end"] <= end + tolerance_ms)
-      hits.inside_tight += start <= (char["start"] + char["end"]) / 2 <= end
-  return hits
+  _, results = _transcriptions(workdir, folder, names, decoders)
+  found = {}
+  for decoder in decoders:
+    hits = found[decoder] = Hits()
+    for name, result in zip(names, results[decoder]):
+      if result.error is not None:
+        raise RuntimeError(f"{name}: {result.error}")
+      hits.truth_chars += len(truths[name])
+      for i, j in _matches(truths[name], result.text):
+        char = result.chars[j]
+        start, end = spans[name]["spans_ms"][i]
+        hits.matched += 1
+        hits.inside += (start - tolerance_ms <= char["start"]
+                        and char["end"] <= end + tolerance_ms)
+        hits.inside_tight += start <= (char["start"] + char["end"]) / 2 <= end
+  return found
 
 
 def main(argv):
@@ -154,15 +169,15 @@ def main(argv):
   if not fl.workdir or not fl.positions_data:
     raise app.UsageError("give --workdir (a trained run) and --positions_data (its "
                          "eval folder)")
-  for decoder in fl.positions_decoders:
-    start = time.time()
-    if fl.positions_task == "synthetic":
-      hits = glyph_box_hits(fl.workdir, fl.positions_data, decoder)
-    else:
-      hits = digit_span_hits(fl.workdir, fl.positions_data, decoder,
-                             fl.positions_tolerance_ms)
-    print(hits.line(f"{fl.positions_task} {decoder}") +
-          f" [{time.time() - start:.1f} s]", flush=True)
+  start = time.time()
+  if fl.positions_task == "synthetic":
+    found = glyph_box_hits(fl.workdir, fl.positions_data, fl.positions_decoders)
+  else:
+    found = digit_span_hits(fl.workdir, fl.positions_data, fl.positions_decoders,
+                            fl.positions_tolerance_ms)
+  for decoder, hits in found.items():
+    print(hits.line(f"{fl.positions_task} {decoder}"), flush=True)
+  print(f"[{time.time() - start:.1f} s]", flush=True)
   return 0
 
 

@@ -12,6 +12,7 @@ checked against them. glyph_boxes() reads them, and recomputes them for sets
 written before the file existed (the rendering is deterministic).
 """
 
+import copy
 import json
 import os
 import shutil
@@ -161,8 +162,9 @@ def _sample(params: dict, i: int, draw: bool = True):
   rng = np.random.default_rng([params["seed"], i])
   text = random_text(rng, params["alphabet"], params["min_length"],
                      params["max_length"])
-  image, boxes = render_line_with_boxes(text, rng, draw)
-  return f"{i:05d}.png", text, boxes, image
+  # The boxes from a copy of the generator, so that the image is render_line's.
+  boxes = render_line_with_boxes(text, copy.deepcopy(rng), draw=False)[1]
+  return f"{i:05d}.png", text, boxes, render_line(text, rng) if draw else None
 
 
 def _existing_matches(directory: str, params: dict) -> bool:
