@@ -1,7 +1,8 @@
 """Per-character detail (ctc_trainer.positions): the Viterbi alignment against brute
 force and the argmax path, the frame -> pixel/ms arithmetic, the synthetic set's glyph
-boxes, the SavedModel's char outputs, predict --json and the report's chars.jsonl,
-and the acceptance check: decoded character centres inside their glyph boxes."""
+boxes, the SavedModel's char outputs (predict --json: test_predict.py) and the
+report's chars.jsonl, and the acceptance check: decoded character centres inside
+their glyph boxes."""
 
 import io
 import itertools
@@ -13,7 +14,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from ctc_trainer import ctc, export, positions, predict, report
+from ctc_trainer import ctc, export, positions, report
 from ctc_trainer.config import AudioConfig, DataConfig
 from ctc_trainer.data import audio, modalities, synthetic
 from tests.helpers import load_tool, once, run_main
@@ -205,17 +206,6 @@ def test_saved_model_outputs_each_characters_detail(tiny_run, exported):
   assert info["position_unit"] == "px"
   empty = loaded.signatures["serving_default"](encoded=tf.zeros([0], tf.string))
   assert empty["chars"].shape == (0, 0)
-
-
-def test_predict_json_lists_characters_with_positions(tiny_run, exported):
-  path = tiny_run.eval_images()[0][0]
-  ran = run_main(predict.main, f"--model_path={exported}", "--json", path,
-                 prog="ctc_trainer.predict")
-  assert ran.code == 0, ran.err[-2000:]
-  line = json.loads(ran.out.splitlines()[0])
-  assert line["unit"] == "px"
-  assert "".join(c["char"] for c in line["chars"]) == line["text"]
-  assert all(set(c) == {"char", "confidence", "start", "end"} for c in line["chars"])
 
 
 def test_report_writes_chars_jsonl_and_marks_low_confidence(tmp_path):
