@@ -11,7 +11,16 @@ Signatures (K = top_k, fixed at export; B = batch):
            confidence float32 [B]      exp(the best path's log probability)
            top_k_texts string [B, K]   the K best paths, best first
            top_k_scores float32 [B, K] their log probabilities
+           char_count int32 [B]        N_i: characters of the best path
+           chars string [B, N]         each character (charset symbol), "" past N_i
+           char_confidence float32 [B, N]  its confidence (positions.py), 0 past N_i
+           char_start, char_end float32 [B, N]  its span in the input: x pixels of
+                                       the original image, or ms of the audio
+                                       (serving_default); features: px of the
+                                       resized line, or ms; 0 past N_i
 K is at most what the decoder gives: the beam width for beam decoders, 1 for greedy.
+N is the batch's longest best path. The unit of char_start/char_end is the module's
+`position_unit` ("px" or "ms", a saved string variable) and export.json's.
 
 serving_default preprocesses with the run's Modality (data/modalities.py): the very
 decode the training pipeline maps over its files (images resized to the training
@@ -43,7 +52,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from ctc_trainer import convert, decoders, host, loop, metrics, steps
+from ctc_trainer import convert, decoders, host, loop, metrics, positions, steps
 from ctc_trainer.charset import Charset
 from ctc_trainer.config import Config, DataConfig
 from ctc_trainer.errors import ConfigError, DataError, ExportError
@@ -102,6 +111,8 @@ class ServingModule(tf.Module):
     self._data = data_cfg
     self._modality = modalities.get(data_cfg)
     self._input_scale = input_scale
+    self.position_unit = tf.Variable(self._modality.position_unit, trainable=False,
+                                     name="position_unit")
     # A charset of the module's own whose tables, set as attributes, are tracked and
     # saved with it: the charset travels inside the SavedModel.
     self._charset = Charset(charset.symbols)
@@ -130,6 +141,10 @@ class ServingModule(tf.Module):
   def _preprocess(self, encoded):
     """Encoded files string [B] -> (inputs float32 [B, H, W_max, C] or [B, T_max, F],
     input_length int32 [B])."""
+    return self._preprocess_scaled(encoded)[:2]
+
+  def _preprocess_scaled(self, encoded):
+    """_preprocess, and each input's position_unit per step along time (float32 [B])."""
     empty = tf.equal(tf.strings.length(encoded), 0)
     # Named here, because the decoder's own message says neither what nor which.
     check = tf.debugging.Assert(
@@ -137,28 +152,50 @@ class ServingModule(tf.Module):
         ["empty input bytes at batch index", tf.where(empty)[:, 0]], summarize=10)
     with tf.control_dependencies([check]):
       encoded = tf.identity(encoded)
-    inputs, input_length = self._modality.serve(encoded)
-    return inputs * self._input_scale, input_length
+    inputs, input_length, step_size = self._modality.serve_scaled(encoded)
+    return inputs * self._input_scale, input_length, step_size
 
   def _serve_bytes(self, encoded):
-    return self._serve_features(*self._preprocess(encoded))
+    return self._outputs(*self._preprocess_scaled(encoded))
 
   def _serve_features(self, inputs, input_length):
+    return self._outputs(inputs, input_length,
+                         tf.fill(tf.shape(input_length), self._modality.step_size))
+
+  def _outputs(self, inputs, input_length, step_size):
     # The model's ops reject a batch of zero images; a server may still send one.
     return tf.cond(tf.shape(inputs)[0] > 0,
-                   lambda: self._transcribe(inputs, input_length),
+                   lambda: self._transcribe(inputs, input_length, step_size),
                    lambda: {"text": tf.zeros([0], tf.string),
                             "confidence": tf.zeros([0], tf.float32),
                             "top_k_texts": tf.zeros([0, self.top_k], tf.string),
-                            "top_k_scores": tf.zeros([0, self.top_k], tf.float32)})
+                            "top_k_scores": tf.zeros([0, self.top_k], tf.float32),
+                            "char_count": tf.zeros([0], tf.int32),
+                            "chars": tf.zeros([0, 0], tf.string),
+                            "char_confidence": tf.zeros([0, 0], tf.float32),
+                            "char_start": tf.zeros([0, 0], tf.float32),
+                            "char_end": tf.zeros([0, 0], tf.float32)})
 
-  def _transcribe(self, inputs, input_length):
+  def _transcribe(self, inputs, input_length, step_size):
     logits = self.model(inputs, input_length=input_length, training=False)
     logit_length = self.model.output_length(input_length)
     paths, log_probs = self._decoder(logits, logit_length, self._decoder_config)
     texts = tf.stack([self._charset.decode(p) for p in paths], axis=1)
     return {"text": texts[:, 0], "confidence": tf.exp(log_probs[:, 0]),
-            "top_k_texts": texts, "top_k_scores": log_probs}
+            "top_k_texts": texts, "top_k_scores": log_probs,
+            **self._char_detail(logits, logit_length, paths[0], input_length,
+                                step_size)}
+
+  def _char_detail(self, logits, logit_length, best, input_length, step_size):
+    """The best path's characters, padded to the longest: see the module docstring."""
+    spans = positions.char_spans(logits, logit_length, best)
+    start, end = positions.to_input_units(spans, self.model.stride, input_length,
+                                          step_size)
+    chars = tf.ragged.map_flat_values(self.charset_tables[1].lookup, best)
+    return {"char_count": tf.cast(best.row_lengths(), tf.int32),
+            "chars": chars.to_tensor(""),
+            "char_confidence": spans.confidence.to_tensor(0.0),
+            "char_start": start.to_tensor(0.0), "char_end": end.to_tensor(0.0)}
 
 
 # --- saving and loading ------------------------------------------------------------
@@ -187,26 +224,46 @@ def load(export_dir: str):
 
 def serving_fn(served) -> ServeFn:
   """The bytes-in function of a loaded SavedModel, a ServingModule or a
-  host.Recognizer (a TFLite or ONNX export)."""
+  host.Recognizer (a TFLite or ONNX export). Its outputs carry "char_unit" (the
+  unit of char_start/char_end) where the export gives character positions."""
   if isinstance(served, host.Recognizer):
     return _host_serving_fn(served)
   if isinstance(served, ServingModule):
-    return lambda encoded: served.serve_bytes(tf.constant(encoded, tf.string))
-  signature = served.signatures["serving_default"]
-  # Exports written before the input was named for images and audio alike call it
-  # image_bytes.
-  name = next(iter(signature.structured_input_signature[1]))
-  return lambda encoded: signature(**{name: tf.constant(encoded, tf.string)})
+    call = lambda encoded: served.serve_bytes(tf.constant(encoded, tf.string))
+  else:
+    signature = served.signatures["serving_default"]
+    # Exports written before the input was named for images and audio alike call it
+    # image_bytes.
+    name = next(iter(signature.structured_input_signature[1]))
+    call = lambda encoded: signature(**{name: tf.constant(encoded, tf.string)})
+  # Exports written before character positions have no unit (and no positions).
+  unit = getattr(served, "position_unit", None)
+  if unit is None:
+    return call
+  unit = unit.numpy().decode("utf-8")
+  return lambda encoded: {**call(encoded), "char_unit": unit}
 
 
 def _host_serving_fn(recognizer: host.Recognizer) -> ServeFn:
-  """A Recognizer's greedy transcriptions in the outputs dict (top_k = 1)."""
+  """A Recognizer's greedy transcriptions in the outputs dict (top_k = 1), with the
+  char_* outputs as a SavedModel gives them."""
   def serve(encoded):
-    results = recognizer.transcribe(encoded)
-    texts = np.array([[t.encode("utf-8")] for t, _ in results], object).reshape(-1, 1)
-    scores = np.array([[s] for _, s in results], np.float32).reshape(-1, 1)
+    results = recognizer.transcribe_detail(encoded)
+    texts = np.array([[t.encode("utf-8")] for t, _, _ in results],
+                     object).reshape(-1, 1)
+    scores = np.array([[s] for _, s, _ in results], np.float32).reshape(-1, 1)
+    longest = max([len(c) for _, _, c in results], default=0)
+    chars = np.full((len(results), longest), b"", object)
+    values = np.zeros((3, len(results), longest), np.float32)
+    for i, (_, _, row) in enumerate(results):
+      for j, (char, confidence, start, end) in enumerate(row):
+        chars[i, j] = char.encode("utf-8")
+        values[:, i, j] = confidence, start, end
     return {"text": texts[:, 0], "confidence": np.exp(scores[:, 0]),
-            "top_k_texts": texts, "top_k_scores": scores}
+            "top_k_texts": texts, "top_k_scores": scores,
+            "char_count": np.array([len(c) for _, _, c in results], np.int32),
+            "chars": chars, "char_confidence": values[0], "char_start": values[1],
+            "char_end": values[2], "char_unit": recognizer.position_unit}
   return serve
 
 
@@ -228,12 +285,19 @@ class Transcription:
   confidence: float = 0.0
   top_k: List[tuple] = dataclasses.field(default_factory=list)  # (text, log prob)
   error: Optional[str] = None   # set when the file could not be read or decoded
+  # The best path's characters: {char, confidence, start, end}, start and end in
+  # char_unit ("px" or "ms"); None when the export gives no positions.
+  chars: Optional[List[dict]] = None
+  char_unit: Optional[str] = None
 
   def as_dict(self) -> dict:
     if self.error is not None:
       return {"path": self.path, "error": self.error}
-    return {"path": self.path, "text": self.text, "confidence": self.confidence,
-            "top_k": [{"text": t, "score": s} for t, s in self.top_k]}
+    out = {"path": self.path, "text": self.text, "confidence": self.confidence,
+           "top_k": [{"text": t, "score": s} for t, s in self.top_k]}
+    if self.chars is not None:
+      out.update(chars=self.chars, unit=self.char_unit)
+    return out
 
 
 def image_paths(args: Sequence[str], manifest: Optional[str] = None) -> List[str]:
@@ -274,11 +338,23 @@ def transcribe(serve: ServeFn, images: Sequence[bytes]) -> List[Transcription]:
   out = {k: np.asarray(v) for k, v in serve(list(images)).items()}
   texts = out["top_k_texts"]
   scores = out["top_k_scores"]
+  unit = str(out["char_unit"]) if "char_unit" in out else None
   return [Transcription(
       path="", text=out["text"][i].decode("utf-8"),
       confidence=float(out["confidence"][i]),
-      top_k=[(t.decode("utf-8"), float(s)) for t, s in zip(texts[i], scores[i])])
+      top_k=[(t.decode("utf-8"), float(s)) for t, s in zip(texts[i], scores[i])],
+      chars=None if unit is None else char_detail(out, i), char_unit=unit)
           for i in range(len(images))]
+
+
+def char_detail(out: Dict[str, np.ndarray], i: int) -> List[dict]:
+  """Row i of a serving function's padded char_* outputs -> one dict per character
+  of its best path: {char, confidence, start, end}."""
+  return [{"char": out["chars"][i, j].decode("utf-8"),
+           "confidence": round(float(out["char_confidence"][i, j]), 4),
+           "start": round(float(out["char_start"][i, j]), 1),
+           "end": round(float(out["char_end"][i, j]), 1)}
+          for j in range(int(out["char_count"][i]))]
 
 
 def transcribe_files(serve: ServeFn, paths: Sequence[str], batch_size: int,
@@ -492,6 +568,7 @@ def export_run(run: loop.Run, step: int, export_dir: str, which: str = "latest",
       module = ServingModule.from_run(run, top_k, input_scale)
       export(module, staging)
       info = {"decoder": module.decoder_name, "beam_width": module.beam_width,
+              "position_unit": module.position_unit.numpy().decode("utf-8"),
               "top_k": module.top_k, "charset_size": len(module._charset.symbols),
               "image_height": cfg.data.image_height,
               "image_channels": cfg.data.image_channels,

@@ -10,6 +10,9 @@ needs only NumPy, the model's runtime (`ai-edge-litert` or `onnxruntime`) and Pi
     model = ctc_host.load("runs/demo/export_tflite")  # the folder, or the model file
     for text, score in model.transcribe([open("line.png", "rb").read()]):
       print(text, score)
+    # Per character (char, confidence, start, end), in model.position_unit
+    # ("px" of the original image, or "ms"), as the SavedModel's char_* outputs:
+    text, score, chars = model.transcribe_detail([open("line.png", "rb").read()])[0]
 
 The exported graph is the model alone: features [1 or B, ...] and input_length [B] ->
 logits [B, T', classes] (blank 0) and logit_length [B]. Decoding images or WAVs and
@@ -61,6 +64,29 @@ def greedy_decode(logits: np.ndarray, logit_length: np.ndarray,
     keep = (best != 0) & np.concatenate([[True], best[1:] != best[:-1]])
     results.append(("".join(symbols[i - 1] for i in best[keep]), score))
   return results
+
+
+def greedy_chars(logits: np.ndarray) -> List[Tuple[int, float, int, int]]:
+  """One sequence's logits [T, C] (valid frames only, blank 0) -> per character of
+  its greedy path: (id, confidence, first frame, last frame). The span is the
+  character's run in the argmax path; the confidence its highest softmax
+  probability over that run (ctc_trainer/positions.py does the same in TensorFlow)."""
+  logits = logits.astype(np.float32)
+  if not len(logits):
+    return []
+  best = logits.argmax(axis=1)
+  shifted = logits - logits.max(axis=1, keepdims=True)
+  probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+  chars = []
+  for t, c in enumerate(best):
+    if c == 0:
+      continue
+    if t and best[t - 1] == c:
+      cid, confidence, first, _ = chars[-1]
+      chars[-1] = (cid, max(confidence, float(probs[t, c])), first, t)
+    else:
+      chars.append((int(c), float(probs[t, c]), t, t))
+  return chars
 
 
 # --- images --------------------------------------------------------------------------
@@ -210,6 +236,25 @@ def _audio_features(encoded: bytes, audio: dict) -> np.ndarray:
 _FEATURES = {"image": _image_features, "audio": _audio_features}
 
 
+def _image_step_size(encoded: bytes, steps: int, image: dict) -> float:
+  """Original pixels per column of the resized line (the Modality's serve_scaled)."""
+  del image
+  from PIL import Image
+  with Image.open(io.BytesIO(encoded)) as im:   # reads the header only
+    return im.width / max(steps, 1)
+
+
+def _audio_step_size(encoded: bytes, steps: int, audio: dict) -> float:
+  """Milliseconds per log-mel hop."""
+  del encoded, steps
+  return audio["frame_step"] * 1000.0 / audio["sample_rate"]
+
+
+# The sidecar's modality -> the unit of character positions, and its size per step.
+_POSITION_UNITS = {"image": "px", "audio": "ms"}
+_STEP_SIZES = {"image": _image_step_size, "audio": _audio_step_size}
+
+
 # --- the runtimes -------------------------------------------------------------------
 
 class _TFLiteModel:
@@ -304,15 +349,43 @@ class Recognizer:
   def transcribe(self, blobs: Sequence[bytes]) -> List[Tuple[str, float]]:
     """Encoded files -> (text, log probability of its best alignment) each. Raises
     InputError when any of them cannot be decoded."""
+    return [(text, score) for text, score, _ in self.transcribe_detail(blobs)]
+
+  @property
+  def position_unit(self) -> str:
+    """The unit of transcribe_detail's character positions: "px" or "ms"."""
+    return _POSITION_UNITS[self.info["modality"]]
+
+  def transcribe_detail(self, blobs: Sequence[bytes]
+                        ) -> List[Tuple[str, float, List[Tuple[str, float, float,
+                                                               float]]]]:
+    """transcribe, and per character of each text: (symbol, confidence, start, end),
+    start/end in position_unit: x pixels of the original image, or ms."""
     if not blobs:
       return []
-    logits = self.logits([self.features(b) for b in blobs])
+    features = [self.features(b) for b in blobs]
+    logits = self.logits(features)
     lengths = np.array([len(x) for x in logits])
     padded = np.zeros((len(logits), max(lengths.max(), 1), logits[0].shape[-1]),
                       np.float32)
     for i, x in enumerate(logits):
       padded[i, :len(x)] = x
-    return greedy_decode(padded, lengths, self.symbols)
+    stride = int(self.info.get("time_stride", 1))
+    results = []
+    for blob, x, row, (text, score) in zip(blobs, features, logits,
+                                           greedy_decode(padded, lengths, self.symbols)):
+      steps = x.shape[_time_axis(x)]
+      size = self._step_size(blob, steps)
+      chars = [(self.symbols[c - 1], p, first * stride * size,
+                min((last + 1) * stride, steps) * size)
+               for c, p, first, last in greedy_chars(row)]
+      results.append((text, score, chars))
+    return results
+
+  def _step_size(self, encoded: bytes, steps: int) -> float:
+    """position_unit per step along time of this input's features."""
+    modality = self.info["modality"]
+    return _STEP_SIZES[modality](encoded, steps, self.info[modality])
 
 
 def detect_format(path: str) -> str:

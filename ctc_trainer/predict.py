@@ -11,7 +11,9 @@ TFLite and ONNX exports decode greedily and give one path (top_k of 1).
 Arguments are image files and folders (their .png/.jpg/.jpeg/.bmp/.gif files, sorted);
 --manifest adds the first column of each line of a TSV (a training manifest works).
 Prints one `path<TAB>text<TAB>confidence` line per image, or with --json one JSON
-object per line with the top-k beams too. An image that cannot be read or decoded is
+object per line with the top-k beams too, and each character of the text with its
+confidence and span ({char, confidence, start, end}; "unit": px of the original image,
+or ms of audio). An image that cannot be read or decoded is
 reported on stderr and skipped; the exit status is then 1. See docs/export.md.
 """
 

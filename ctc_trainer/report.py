@@ -6,21 +6,30 @@ character edits counted by metrics.py; the worst lines keep their inputs. DIR th
 holds:
   samples.tsv      one row per eval sample: key, truth, prediction, edits,
                    reference chars, confidence (exp of the line's log probability)
+  chars.jsonl      per eval sample (same order): {"key", "unit", "chars": [{"char",
+                   "confidence", "start", "end"}]}, the prediction's characters
+                   placed by ctc_trainer.positions: start/end in px of the model's
+                   input (the line resized to --image_height, as the report's
+                   images show it) or ms of audio
   confusions.tsv   substitutions, insertions and deletions from a Levenshtein
                    alignment of each truth with its prediction, most frequent first
   characters.tsv   per truth character: occurrences, correct, substituted, deleted,
                    and how often it was inserted
   report.html      self-contained: the totals, the worst lines with their inputs
                    (images/NNNN.png, the Modality's preview) and differences
-                   highlighted, the top confusions and characters
+                   highlighted, predicted characters of confidence below
+                   LOW_CONFIDENCE underlined, the top confusions and characters
 The totals are the pass's own: the rows' summed edits over reference characters are
-checked to give exactly the CER that evaluate reports.
+checked to give exactly the CER that evaluate reports. The character detail costs
+one more forward pass per eval batch (the eval step returns strings, not logits):
+its logits align the very strings the eval step decoded.
 """
 
 import collections
 import dataclasses
 import heapq
 import html
+import json
 import os
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -28,13 +37,17 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from ctc_trainer import loop, metrics
+from ctc_trainer import loop, metrics, positions
 from ctc_trainer.config import Config
 from ctc_trainer.data import modalities
 from ctc_trainer.data.modality import Modality
+from ctc_trainer.data import sources
 from ctc_trainer.errors import ConfigError
 
 SAMPLES_FILE = "samples.tsv"
+CHARS_FILE = "chars.jsonl"
+# Predicted characters below this confidence are underlined in report.html.
+LOW_CONFIDENCE = 0.5
 CONFUSIONS_FILE = "confusions.tsv"
 CHARACTERS_FILE = "characters.tsv"
 HTML_FILE = "report.html"
@@ -61,6 +74,8 @@ class Sample:
   edits: int          # character edits (metrics.sample_char_counts)
   ref_chars: int
   confidence: float   # exp of the decoder's log probability of its string
+  # The prediction's characters: (char, confidence, start, end), or None.
+  chars: Optional[Tuple[Tuple[str, float, float, float], ...]] = None
 
   @property
   def cer(self) -> float:
@@ -157,8 +172,10 @@ class _Collector:
   """loop.evaluate's on_batch: keeps every sample's row and the inputs of the `worst`
   worst lines seen so far (most edits, then highest CER, then the earliest)."""
 
-  def __init__(self, decoder: str, modality: Modality, worst: int):
+  def __init__(self, decoder: str, modality: Modality, worst: int, detail=None):
+    """detail: None, or char_detail_fn's function, to place each predicted char."""
     self.decoder, self.modality, self.worst = decoder, modality, worst
+    self.detail = detail
     self.rows: List[Sample] = []
     self._heap: List[Tuple[Tuple[int, float, int], np.ndarray]] = []
 
@@ -172,8 +189,10 @@ class _Collector:
     columns = zip(keys, texts(batch["text"]), texts(predictions),
                   counts["char_edits"].numpy(), counts["ref_chars"].numpy(), confidence)
     inputs = None   # read from the device once per batch, and only if needed
+    chars = self._chars(batch, predictions)
     for i, (key, truth, prediction, edits, ref_chars, conf) in enumerate(columns):
-      sample = Sample(key, truth, prediction, int(edits), int(ref_chars), float(conf))
+      sample = Sample(key, truth, prediction, int(edits), int(ref_chars), float(conf),
+                      None if chars is None else chars[i])
       rank = (sample.edits, sample.cer, -len(self.rows))
       self.rows.append(sample)
       if sample.edits and self._is_kept(rank):
@@ -183,6 +202,18 @@ class _Collector:
           heapq.heappush(self._heap, entry)
         else:
           heapq.heapreplace(self._heap, entry)
+
+  def _chars(self, batch, predictions):
+    """Per row, its prediction's (char, confidence, start, end) tuples, or None."""
+    if self.detail is None:
+      return None
+    confidence, start, end = self.detail(batch["inputs"], batch["input_length"],
+                                         predictions)
+    symbols = tf.strings.unicode_split(predictions, "UTF-8").to_list()
+    return [tuple((c.decode("utf-8"), float(p), float(a), float(b))
+                  for c, p, a, b in zip(*row))
+            for row in zip(symbols, confidence.to_list(), start.to_list(),
+                           end.to_list())]
 
   def _is_kept(self, rank: Tuple[int, float, int]) -> bool:
     """Whether a line of this rank is among the worst so far."""
@@ -198,6 +229,27 @@ class _Collector:
     """-> (sample, its unpadded inputs), worst first."""
     ranked = sorted(self._heap, key=lambda entry: entry[0], reverse=True)
     return [(self.rows[-rank[2]], inputs) for rank, inputs in ranked]
+
+
+def char_detail_fn(run: loop.Run, modality: Modality):
+  """(inputs, input_length, predicted strings [B]) -> (confidence, start, end),
+  float32 ragged [B, (L)]: each predicted character placed over the run's logits
+  (positions.py), in modality.position_unit of the model's inputs. A tf.function
+  with an input signature: traced once."""
+  model, charset = run.model, run.charset
+  spec = tf.TensorSpec([None, *modality.example_shape], tf.float32)
+
+  @tf.function(input_signature=[spec, tf.TensorSpec([None], tf.int32),
+                                tf.TensorSpec([None], tf.string)])
+  def detail(inputs, input_length, predictions):
+    logits = model(inputs, input_length=input_length, training=False)
+    spans = positions.char_spans(logits, model.output_length(input_length),
+                                 charset.encode(predictions))
+    start, end = positions.to_input_units(spans, model.stride, input_length,
+                                          modality.step_size)
+    return spans.confidence, start, end
+
+  return detail
 
 
 # --- writing --------------------------------------------------------------------------
@@ -227,19 +279,32 @@ def _shown(char: str) -> str:
   return html.escape(names.get(char, char))
 
 
-def _highlighted(pairs: Sequence[Pair]) -> Tuple[str, str]:
-  """An alignment -> (truth, prediction) as HTML, differing characters marked."""
+def _highlighted(pairs: Sequence[Pair], chars=None) -> Tuple[str, str]:
+  """An alignment -> (truth, prediction) as HTML, differing characters marked, and
+  predicted characters below LOW_CONFIDENCE underlined (chars: the prediction's
+  (char, confidence, start, end) tuples, or None)."""
   truth, prediction = [], []
+  predicted = 0
+
+  def low(text):
+    """text of the next predicted character, marked if its confidence is low."""
+    nonlocal predicted
+    predicted += 1
+    if not chars or predicted > len(chars) or chars[predicted - 1][1] >= LOW_CONFIDENCE:
+      return text
+    return (f'<span class="low" title="confidence {chars[predicted - 1][1]:.2f}">'
+            f'{text}</span>')
+
   for t, p in pairs:
     if t is not None and p is not None and t == p:
       truth.append(html.escape(t))
-      prediction.append(html.escape(p))
+      prediction.append(low(html.escape(p)))
       continue
     kind = "sub" if t is not None and p is not None else ("del" if p is None else "ins")
     if t is not None:
       truth.append(f'<span class="{kind}">{_shown(t)}</span>')
     if p is not None:
-      prediction.append(f'<span class="{kind}">{_shown(p)}</span>')
+      prediction.append(low(f'<span class="{kind}">{_shown(p)}</span>'))
   return "".join(truth), "".join(prediction)
 
 
@@ -253,6 +318,7 @@ th { background: #f0f0f0; }
 .del { background: #fecaca; text-decoration: line-through; }
 .ins { background: #bfdbfe; }
 .key { color: #666; font-size: 0.85em; }
+.low { text-decoration: underline dotted #b91c1c; text-decoration-thickness: 2px; }
 img { max-width: 900px; image-rendering: pixelated; border: 1px solid #ddd; }
 """
 
@@ -287,7 +353,8 @@ def _worst_html(worst: Sequence[Tuple[Sample, str]], any_errors: bool) -> str:
         "<p>No line has an error.</p>")
   rows = []
   for rank, (sample, image) in enumerate(worst, 1):
-    truth, prediction = _highlighted(align(sample.truth, sample.prediction))
+    truth, prediction = _highlighted(align(sample.truth, sample.prediction),
+                                     sample.chars)
     rows.append((
         str(rank),
         f'<img src="{html.escape(image)}" alt="{html.escape(sample.key)}"><br>'
@@ -307,7 +374,8 @@ def _html(results: Mapping[str, float], rows: Sequence[Sample],
   chars = [(shown(c), *map(str, counts))
            for c, *counts in confusions.characters()[:TOP_TABLE_ROWS]]
   legend = ('<p><span class="sub">substituted</span> <span class="del">deleted</span> '
-            '<span class="ins">inserted</span></p>')
+            '<span class="ins">inserted</span> <span class="low">confidence below '
+            f'{LOW_CONFIDENCE:g}</span></p>')
   return "\n".join([
       '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
       "<title>ctc_trainer evaluation report</title>",
@@ -345,6 +413,13 @@ def write_report(folder: str, rows: Sequence[Sample],
              ["key", "truth", "prediction", "edits", "ref_chars", "confidence"],
              [(r.key, r.truth, r.prediction, r.edits, r.ref_chars, f"{r.confidence:.6g}")
               for r in rows])
+  if any(r.chars is not None for r in rows):
+    with open(os.path.join(folder, CHARS_FILE), "w", encoding="utf-8") as f:
+      for r in rows:
+        f.write(json.dumps({"key": r.key, "unit": modality.position_unit, "chars": [
+            {"char": c, "confidence": round(p, 4), "start": round(a, 1),
+             "end": round(b, 1)} for c, p, a, b in r.chars or ()]},
+            ensure_ascii=False) + "\n")
   confusions = Confusions()
   for r in rows:
     confusions.add(align(r.truth, r.prediction))
@@ -392,8 +467,13 @@ def evaluate_with_report(cfg: Config, which: str, report: ReportConfig,
                  cfg.loop.strategy)
     cfg = dataclasses.replace(cfg, loop=dataclasses.replace(cfg.loop, strategy="default"))
   modality = modalities.get(cfg.data)
-  collector = _Collector(cfg.loop.decoder[0], modality, report.worst)
-  results = loop.evaluate_checkpoint(cfg, which, on_batch=collector.add)
+  # loop.evaluate_checkpoint's steps, with the run at hand for the character detail.
+  run, step = loop.restore_trained(cfg, which)
+  collector = _Collector(cfg.loop.decoder[0], modality, report.worst,
+                         detail=char_detail_fn(run, modality))
+  results, _, _ = loop.evaluate(run, sources.load_samples(cfg.data, "eval", run.charset),
+                                on_batch=collector.add)
+  results["step"] = step
   _check_totals(collector.rows, results)
   context = {"workdir": cfg.workdir, "checkpoint": f"{which} (step {results['step']})",
              "eval data": cfg.data.eval_data, "decoder": cfg.loop.decoder[0]}

@@ -60,6 +60,10 @@ def test_manifest_json_and_workdir_give_the_saved_models_texts(tiny_run, folder,
       line.split("\t")[1] for line in predicted.out.splitlines()]
   assert all(len(d["top_k"]) == 4 and d["top_k"][0]["text"] == d["text"]
              for d in lines)
+  # Each character with its confidence and span, in pixels of the original image.
+  assert all(d["unit"] == "px" and "".join(c["char"] for c in d["chars"]) == d["text"]
+             and all(set(c) == {"char", "confidence", "start", "end"} and
+                     0 <= c["start"] < c["end"] for c in d["chars"]) for d in lines)
 
 
 def test_missing_export_fails_with_one_line(tmp_path):

@@ -4,6 +4,7 @@ evaluation and transcription of WAVs on a tiny generated set."""
 import dataclasses
 import filecmp
 import glob
+import json
 import os
 import wave
 
@@ -108,6 +109,11 @@ def read_manifest(folder):
     return [line.rstrip("\n").split("\t") for line in f]
 
 
+def read_spans(folder):
+  with open(os.path.join(folder, "spans.jsonl"), encoding="utf-8") as f:
+    return {row["name"]: row for row in map(json.loads, f)}
+
+
 def read_clips(folder):
   with open(os.path.join(folder, "clips.tsv"), encoding="utf-8") as f:
     return {name: clips.split(",") for name, clips in
@@ -129,7 +135,7 @@ def digits(clips, tmp_path_factory):
   return out, proc
 
 
-def test_tool_labels_are_the_clips_digits_and_the_split_is_by_index(digits):
+def test_tool_labels_are_the_clips_digits_and_the_split_is_by_index(digits, clips):
   out, proc = digits
   assert "train: 64 utterances" in proc.err and "eval: 16 utterances" in proc.err
   for split, count in (("train", 64), ("eval", 16)):
@@ -144,6 +150,21 @@ def test_tool_labels_are_the_clips_digits_and_the_split_is_by_index(digits):
       assert indices <= ({0} if split == "eval" else {1, 2})
       info = audio.read_wav_info(os.path.join(folder, name))
       assert info.sample_rate == RATE and info.channels == 1
+    # spans.jsonl: where each clip lies (what positions are checked against).
+    for name, row in read_spans(folder).items():
+      with wave.open(os.path.join(folder, name)) as w:
+        pcm = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float64)
+      inside = np.zeros(len(pcm), bool)
+      for (start, end), clip in zip(row["spans_ms"], sources[name]):
+        a, b = round(start * RATE / 1000), round(end * RATE / 1000)
+        with wave.open(os.path.join(clips, clip)) as w:
+          samples = np.frombuffer(w.readframes(w.getnframes()), "<i2")
+        assert b - a == len(samples)
+        assert np.corrcoef(pcm[a:b], samples)[0, 1] > 0.95   # the clip, under noise
+        inside[a:b] = True
+      assert len(row["spans_ms"]) == len(row["text"])
+      # Outside the clips: the 30 dB noise alone.
+      assert np.std(pcm[~inside]) < 0.1 * np.std(pcm[inside])
 
 
 def test_tool_is_deterministic_and_splits_by_speaker(clips, digits, tmp_path):
@@ -192,6 +213,13 @@ def test_tool_on_fsdd_keeps_the_official_test_split_apart(tmp_path):
   for split, allowed in (("train", range(5, 50)), ("eval", range(0, 5))):
     for used in read_clips(os.path.join(out, split)).values():
       assert all(int(c.rsplit("_", 1)[1][:-4]) in allowed for c in used)
+  # Each recorded span is its real clip's duration, in order.
+  spans, clips = read_spans(f"{out}/eval"), read_clips(f"{out}/eval")
+  for name, row in spans.items():
+    for (start, end), clip in zip(row["spans_ms"], clips[name]):
+      info = audio.read_wav_info(os.path.join(FSDD, clip))
+      assert end - start == pytest.approx(info.frames * 1000 / info.sample_rate, abs=0.01)
+    assert all(a[1] < b[0] for a, b in zip(row["spans_ms"], row["spans_ms"][1:]))
   cfg = DataConfig(train_data=f"{out}/train/manifest.tsv",
                    eval_data=f"{out}/eval/manifest.tsv", modality="audio",
                    audio=dataclasses.replace(FEATURES, num_mel_bins=40),

@@ -22,7 +22,9 @@ Writes OUTPUT_DIR/train and OUTPUT_DIR/eval, each holding either
   --format=tfrecord  SPLIT-0000k-of-0000n.tfrecord shards (ctc_trainer/data/tfrecord.py,
                      WAV bytes in `encoded`, samples in `frames`), read with
                      --data_format=tfrecord --train_data='OUTPUT_DIR/train/*.tfrecord'
-plus clips.tsv (which recordings each utterance is made of) and OUTPUT_DIR/params.json.
+plus clips.tsv (which recordings each utterance is made of), spans.jsonl (where each
+clip lies in its utterance: {"name", "text", "spans_ms": [[start, end], ...]}, one pair
+per digit, milliseconds from the start of the WAV) and OUTPUT_DIR/params.json.
 The same flags and --seed (the training flag of that name) give byte-identical
 files. Each split is written to a temporary folder and renamed into place at the end.
 """
@@ -158,8 +160,9 @@ class Generator:
       self._audio[clip.path] = samples
     return self._audio[clip.path]
 
-  def utterance(self) -> Tuple[np.ndarray, str, List[Clip]]:
-    """-> (int16 samples, digit string, the clips used)."""
+  def utterance(self) -> Tuple[np.ndarray, str, List[Clip], List[Tuple[float, float]]]:
+    """-> (int16 samples, digit string, the clips used, each clip's (start, end) in
+    ms from the utterance's start)."""
     rng = self.rng
     clips_by_digit = self.by_speaker[self.speakers[rng.integers(len(self.speakers))]]
     available = sorted(clips_by_digit)
@@ -172,15 +175,19 @@ class Generator:
     gaps = [np.zeros(int(rng.integers(self.gap_ms[0], self.gap_ms[1] + 1))
                      * self.sample_rate // 1000, np.float32) for _ in range(count + 1)]
     parts = [gaps[0]]
+    spans, at = [], len(gaps[0])
     for clip_samples, gap in zip(speech, gaps[1:]):
       parts += [clip_samples, gap]
+      spans.append((at * 1000.0 / self.sample_rate,
+                     (at + len(clip_samples)) * 1000.0 / self.sample_rate))
+      at += len(clip_samples) + len(gap)
     signal = np.concatenate(parts)
     if self.noise_db is not None:
       speech_power = np.mean(np.square(np.concatenate(speech))) + 1e-12
       noise_power = speech_power / 10.0 ** (self.noise_db / 10.0)
       signal = signal + rng.normal(0.0, np.sqrt(noise_power), signal.shape)
     pcm = np.clip(np.round(signal * 32768.0), -32768, 32767).astype("<i2")
-    return pcm, "".join(c.digit for c in chosen), chosen
+    return pcm, "".join(c.digit for c in chosen), chosen, spans
 
 
 def wav_bytes(pcm: np.ndarray, sample_rate: int) -> bytes:
@@ -202,11 +209,11 @@ def write_utterances(generator: Generator, split: str, count: int, folder: str, 
     # Late: only the TFRecord format needs TensorFlow.
     from ctc_trainer.data import tfrecord
     shards = tfrecord.ShardWriter(folder, split, min(num_shards, count))
-  manifest, sources = [], []
+  manifest, sources, span_lines = [], [], []
   seconds, start, last_report = 0.0, time.time(), time.time()
   with shards:
     for i in range(count):
-      pcm, text, clips = generator.utterance()
+      pcm, text, clips, spans = generator.utterance()
       name = f"{i:05d}.wav"
       blob = wav_bytes(pcm, generator.sample_rate)
       if fmt == "tfrecord":
@@ -217,6 +224,8 @@ def write_utterances(generator: Generator, split: str, count: int, folder: str, 
           f.write(blob)
         manifest.append(f"{name}\t{text}\n")
       sources.append(f"{name}\t{','.join(os.path.basename(c.path) for c in clips)}\n")
+      span_lines.append(json.dumps({"name": name, "text": text, "spans_ms": [
+          [round(a, 3), round(b, 3)] for a, b in spans]}) + "\n")
       seconds += len(pcm) / generator.sample_rate
       now = time.time()
       if now - last_report >= _PROGRESS_EVERY_S:
@@ -226,6 +235,7 @@ def write_utterances(generator: Generator, split: str, count: int, folder: str, 
   if manifest:
     _write_lines(os.path.join(folder, "manifest.tsv"), manifest)
   _write_lines(os.path.join(folder, "clips.tsv"), sources)
+  _write_lines(os.path.join(folder, "spans.jsonl"), span_lines)
   elapsed = max(time.time() - start, 1e-9)
   print(f"{split}: {count} utterances, {seconds / 3600:.2f} h of audio, in "
         f"{elapsed:.1f} s ({count / elapsed:.0f}/s)", file=sys.stderr, flush=True)

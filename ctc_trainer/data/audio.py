@@ -343,6 +343,14 @@ class AudioModality(Modality):
   def serve(self, encoded: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
     return featurize_batch(encoded, self.cfg.audio)
 
+  position_unit = "ms"
+
+  @property
+  def step_size(self) -> float:
+    """The log-mel hop in ms: feature frame f starts at sample f * hop (after any
+    resampling to cfg.sample_rate, so in the file's own time)."""
+    return frame_step(self.cfg.audio) * 1000.0 / self.cfg.audio.sample_rate
+
   def preview(self, inputs: tf.Tensor) -> tf.Tensor:
     return spectrogram_images(inputs)
 

@@ -79,6 +79,13 @@ def decode_and_resize(encoded: tf.Tensor, height: int, channels: int,
   in tf.function and in tf.data.Dataset.map. Raises InvalidArgumentError when the
   bytes are not a decodable image.
   """
+  image, width, _ = _decode_and_resize(encoded, height, channels, max_width)
+  return image, width
+
+
+def _decode_and_resize(encoded: tf.Tensor, height: int, channels: int,
+                       max_width: int) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+  """decode_and_resize, and the original width (int32 scalar)."""
   image = _decode_on_white(encoded)
   shape = tf.shape(image)
   width = resized_width(shape[0], shape[1], height, max_width)
@@ -95,7 +102,7 @@ def decode_and_resize(encoded: tf.Tensor, height: int, channels: int,
   image = _convert_colour(image, channels)
   image = 1.0 - tf.clip_by_value(image, 0.0, 1.0)
   image = tf.ensure_shape(image, [height, None, channels])
-  return image, width
+  return image, width, shape[1]
 
 
 class ImageModality(Modality):
@@ -143,22 +150,37 @@ class ImageModality(Modality):
   def augment(self, ds: tf.data.Dataset, seed: int) -> tf.data.Dataset:
     return augment_lib.augment_dataset(ds, self.cfg, seed)
 
+  position_unit = "px"
+
+  @property
+  def step_size(self) -> float:
+    return 1.0   # a column of the resized line
+
   def serve(self, encoded: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    return self.serve_scaled(encoded)[:2]
+
+  def serve_scaled(self, encoded: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     height, channels = self.cfg.image_height, self.cfg.image_channels
 
     def one_image(blob):
-      image, _ = decode_and_resize(blob, height, channels, self.cfg.max_image_width)
+      image, width, original = _decode_and_resize(blob, height, channels,
+                                                  self.cfg.max_image_width)
+      # The resize maps the whole original width onto the resized one (aspect kept,
+      # or squeezed at max_image_width): a resized column is this many original px.
+      scale = tf.cast(original, tf.float32) / tf.cast(width, tf.float32)
       # Columns first, flattened: map_fn stacks images of different widths only as
       # ragged rows, and flat rows keep the shape exact even for an empty batch.
-      return tf.reshape(tf.transpose(image, [1, 0, 2]), [-1])
+      return tf.reshape(tf.transpose(image, [1, 0, 2]), [-1]), scale
 
-    flat = tf.map_fn(one_image, encoded,
-                     fn_output_signature=tf.RaggedTensorSpec([None], tf.float32))
+    flat, scale = tf.map_fn(
+        one_image, encoded,
+        fn_output_signature=(tf.RaggedTensorSpec([None], tf.float32),
+                             tf.TensorSpec([], tf.float32)))
     input_length = tf.cast(flat.row_lengths() // (height * channels), tf.int32)
     columns = tf.RaggedTensor.from_row_lengths(
         tf.reshape(flat.flat_values, [-1, height, channels]), input_length)
     # Zero padding on the right, as padded_batch pads the training batches.
-    return tf.transpose(columns.to_tensor(0.0), [0, 2, 1, 3]), input_length
+    return (tf.transpose(columns.to_tensor(0.0), [0, 2, 1, 3]), input_length, scale)
 
   def preview(self, inputs: tf.Tensor) -> tf.Tensor:
     # Inputs are ink-bright on zero; flip back to dark ink on light paper.

@@ -8,6 +8,9 @@ A Modality (image.ImageModality, audio.AudioModality) owns, for one DataConfig:
   screen          decoded examples -> those the run keeps (images: too_wide_policy)
   augment         training examples -> augmented ones (audio: SpecAugment)
   serve           encoded bytes [B] -> padded (inputs, input_length): the SavedModel's
+  serve_scaled    serve, plus each input's step size in position_unit (positions.py)
+  position_unit, step_size   what a character position is measured in (px, ms), and
+                  how many of those one step along time of decoded inputs is
   preview         a batch's inputs -> images for TensorBoard
   file_length, record_length   an example's length along time, from a listed file's
                   header (host) or a TFRecord's features (graph), for length buckets
@@ -68,6 +71,21 @@ class Modality:
     """string [B] -> (inputs float32 [B, *example_shape] padded with zeros along time,
     as the pipeline pads its batches; input_length int32 [B])."""
     raise NotImplementedError
+
+  # The unit of character positions (ctc_trainer.positions): "px", "ms".
+  position_unit = ""
+
+  @property
+  def step_size(self) -> float:
+    """position_unit per step along time of `decode`'s inputs."""
+    raise NotImplementedError
+
+  def serve_scaled(self, encoded: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """serve, and float32 [B]: each input's position_unit per step along time of
+    the served inputs, in the coordinates of the encoded file (images: its original
+    width over the resized one). The default: step_size for all."""
+    inputs, input_length = self.serve(encoded)
+    return inputs, input_length, tf.fill(tf.shape(input_length), self.step_size)
 
   def preview(self, inputs: tf.Tensor) -> tf.Tensor:
     """A batch's inputs -> images [n, h, w, c] in [0, 1] for tf.summary.image."""
