@@ -34,9 +34,9 @@ from ctc_trainer.charset import BLANK_ID
 
 NEG_INF = -math.inf
 # A symbol is tried at a frame only where its log probability reaches this.
-CANDIDATE_MIN_LOG_PROB = math.log(1e-5)
+CANDIDATE_MIN_LOG_PROB = math.log(1e-3)
 # Prefixes this far (nats) below the best one at a frame are dropped.
-BEAM_PRUNE = 25.0
+BEAM_PRUNE = 12.0
 
 
 class Scorer(Protocol):
@@ -55,14 +55,6 @@ class Reduced(NamedTuple):
   num_classes: np.ndarray
   class_ids: np.ndarray
   offset: np.ndarray
-
-
-def _logaddexp(a: float, b: float) -> float:
-  if a < b:
-    a, b = b, a
-  if b == NEG_INF:
-    return a
-  return a + math.log1p(math.exp(b - a))
 
 
 class HostSearch:
@@ -112,61 +104,72 @@ class HostSearch:
   def search_row(self, log_probs: np.ndarray, class_ids: np.ndarray
                  ) -> List[Tuple[Tuple[int, ...], float]]:
     """One sequence: log_probs [T, C] (column 0 the blank) over the classes
-    class_ids [C] -> [(ids, acoustic log prob)], best first by the total score."""
+    class_ids [C] -> [(ids, acoustic log prob)], best first by the total score.
+
+    The CTC sums run on probabilities, not logs (a multiply-add per extension
+    instead of a log-add), rescaled after each frame so that the best prefix has
+    probability 1; `scale` keeps the log of what was divided out."""
     scorer, width = self.scorer, self.beam_width
     frames = log_probs.shape[0]
+    probs = np.exp(log_probs.astype(np.float64))
     column = {int(orig): j for j, orig in enumerate(class_ids) if orig != BLANK_ID}
     # prefix -> (scorer state, scorer's sum) or None when forbidden; kept across
     # frames, as a prefix's state depends on the prefix only.
     info = {(): (scorer.initial(), 0.0)}
-    beams = {(): (0.0, NEG_INF)}   # prefix -> (log P ending in blank, in its last)
-    candidates = [np.flatnonzero(row[1:] >= CANDIDATE_MIN_LOG_PROB) + 1
-                  for row in log_probs]
+    beams = {(): (1.0, 0.0)}   # prefix -> (P ending in a blank, in its last symbol)
+    scale = 0.0
+    keep = log_probs[:, 1:] >= CANDIDATE_MIN_LOG_PROB
     for t in range(frames):
-      row = log_probs[t]
+      row = probs[t]
       blank = float(row[BLANK_ID])
-      tried = [(int(class_ids[j]), float(row[j])) for j in candidates[t]]
+      tried = [(int(class_ids[j]), float(row[j])) for j in np.flatnonzero(keep[t]) + 1]
       following = {}
       for prefix, (pb, pnb) in beams.items():
-        total = _logaddexp(pb, pnb)
-        nb, nnb = following.get(prefix, (NEG_INF, NEG_INF))
-        nb = _logaddexp(nb, total + blank)
+        total = pb + pnb
         last = prefix[-1] if prefix else None
-        if last is not None and last in column:
-          nnb = _logaddexp(nnb, pnb + float(row[column[last]]))
-        following[prefix] = (nb, nnb)
-        state = info[prefix][0]
-        for symbol, lp in tried:
+        repeat = pnb * float(row[column[last]]) if last in column else 0.0
+        old = following.get(prefix)
+        following[prefix] = ((total * blank, repeat) if old is None else
+                             (old[0] + total * blank, old[1] + repeat))
+        state, extra = info[prefix]
+        for symbol, p in tried:
           new = prefix + (symbol,)
-          if new not in info:
+          known = info.get(new, False)
+          if known is False:
             step = scorer.extend(state, symbol)
-            info[new] = None if step is None else (step[0], info[prefix][1] + step[1])
-          if info[new] is None:
+            known = info[new] = None if step is None else (step[0], extra + step[1])
+          if known is None:
             continue
           # A repeat of the last symbol is a new one only after a blank.
-          p = (pb if symbol == last else total) + lp
-          mb, mnb = following.get(new, (NEG_INF, NEG_INF))
-          following[new] = (mb, _logaddexp(mnb, p))
+          gain = (pb if symbol == last else total) * p
+          old = following.get(new)
+          following[new] = (0.0, gain) if old is None else (old[0], old[1] + gain)
       left = frames - t - 1
       ranked = []
       for prefix, (pb, pnb) in following.items():
+        total = pb + pnb
+        if total <= 0.0:
+          continue
         state, extra = info[prefix]
         if scorer.needed(state) > left:
           continue
-        ranked.append((_logaddexp(pb, pnb) + extra, prefix))
-      ranked.sort(key=lambda x: x[0], reverse=True)
-      best = ranked[0][0] if ranked else NEG_INF
-      beams = {prefix: following[prefix] for score, prefix in ranked[:width]
-               if score >= best - BEAM_PRUNE}
-      if not beams:
+        ranked.append((math.log(total) + extra, prefix))
+      if not ranked:
         return []
+      ranked.sort(key=lambda x: x[0], reverse=True)
+      best = ranked[0][0]
+      kept = [prefix for score, prefix in ranked[:width] if score >= best - BEAM_PRUNE]
+      top = max(sum(following[prefix]) for prefix in kept)
+      scale += math.log(top)
+      beams = {prefix: (following[prefix][0] / top, following[prefix][1] / top)
+               for prefix in kept}
     ended = []
     for prefix, (pb, pnb) in beams.items():
       state, extra = info[prefix]
       closing = scorer.final(state)
       if closing is None:
         continue
-      acoustic = _logaddexp(pb, pnb)
+      acoustic = math.log(pb + pnb) + scale
       ended.append((acoustic + extra + closing, prefix, acoustic))
     ended.sort(key=lambda x: x[0], reverse=True)
     return [(prefix, acoustic) for _, prefix, acoustic in ended]
