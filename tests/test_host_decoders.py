@@ -6,6 +6,7 @@ checkpoint and from the SavedModel's logits), and their flags fail with one line
 import json
 import re
 import sys
+import wave
 
 import numpy as np
 import pytest
@@ -318,3 +319,56 @@ def test_predict_with_a_host_decoder_needs_its_settings(exported, tiny_run):
   ran = run_main(predict.main, f"--model_path={exported}", "--decoder=lexicon",
                  tiny_run.eval_images()[0][0], prog="ctc_trainer.predict")
   assert ran.code == 2 and "needs --lexicon" in ran.err
+
+
+def test_make_digit_sequences_speaks_words_with_pauses_between_them(tmp_path):
+  """--words: labels are words of the file separated by spaces, and each word pause
+  is at least --word_gap_ms long (silence in the audio between the words' clips)."""
+  tool = load_tool("make_digit_sequences")
+  source = tmp_path / "clips"
+  source.mkdir()
+  rng = np.random.default_rng(0)
+  for digit in "0123456789":
+    for index in range(6):   # 20 ms of noise at 8 kHz: never silent
+      pcm = (rng.uniform(0.2, 0.5, 160) * 32767).astype("<i2")
+      (source / f"{digit}_spk_{index}.wav").write_bytes(tool.wav_bytes(pcm, 8000))
+  words = tmp_path / "words.txt"
+  words.write_text("123\n4056\n789\n")
+  ran = run_main(tool.main, f"--source_dir={source}", f"--output_dir={tmp_path / 'out'}",
+                 f"--words={words}", "--min_words=2", "--max_words=3", "--num_train=20",
+                 "--num_eval=5", "--gap_ms=0,0", "--word_gap_ms=100,100",
+                 prog="tools/make_digit_sequences.py")
+  assert ran.code == 0, ran.err[-2000:]
+  lines = (tmp_path / "out" / "train" / "manifest.tsv").read_text().splitlines()
+  for line in lines:
+    name, text = line.split("\t")
+    assert 2 <= len(text.split(" ")) <= 3 and set(text.split(" ")) <= {
+        "123", "4056", "789"}, text
+    with wave.open(str(tmp_path / "out" / "train" / name)) as w:
+      samples = w.getnframes()
+    # 160 samples per digit, no gap inside a word, 800 (100 ms) between words.
+    digits = len(text.replace(" ", ""))
+    assert samples == 160 * digits + 800 * text.count(" ")
+  ran = run_main(tool.main, f"--source_dir={source}", f"--output_dir={tmp_path / 'x'}",
+                 f"--words={source / '0_spk_0.wav'}", prog="tools/make_digit_sequences.py")
+  assert ran.code == 2
+
+
+def test_tune_lm_grid_searches_and_writes_the_best_pair(tiny_run, tmp_path, kenlm):
+  labels = [label for _, label in tiny_run.eval_images()]
+  make_lm.build(labels, "char", 3, str(tmp_path / "lm.arpa"))
+  out = tmp_path / "lm.cfg"
+  ran = run_main(load_tool("tune_lm").main, f"--workdir={tiny_run.workdir}",
+                 f"--lm_path={tmp_path / 'lm.arpa'}", "--alphas=0,2", "--betas=0",
+                 f"--lm_flagfile={out}", prog="tools/tune_lm.py")
+  assert ran.code == 0, ran.err[-2000:]
+  found = {}
+  for line in ran.out.splitlines():
+    m = re.match(r"\[\d/2\] alpha (\S+) beta 0: cer (\S+)", line)
+    if m:
+      found[float(m.group(1))] = float(m.group(2))
+  assert len(found) == 2
+  best = min(found, key=found.get)
+  flagfile = out.read_text()
+  assert f"--lm_alpha={best:g}\n" in flagfile and "--decoder=lm\n" in flagfile
+  assert "--lm_beta=0\n" in flagfile

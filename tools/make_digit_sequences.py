@@ -279,8 +279,8 @@ def _read_words(path: str) -> List[str]:
   try:
     with open(os.path.expanduser(path), encoding="utf-8") as f:
       words = [line.strip() for line in f if line.strip()]
-  except OSError as e:
-    raise ToolError(f"--words={path}: {e.strerror or e}") from None
+  except (OSError, UnicodeDecodeError) as e:
+    raise ToolError(f"--words={path}: {getattr(e, 'strerror', None) or e}") from None
   bad = next((w for w in words if not w.isdigit()), None)
   if bad is not None or not words:
     raise ToolError(f"--words={path} must list digit strings, one a line"

@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from ctc_trainer.charset import BLANK_ID
+from ctc_trainer.decoders import beam_pruned
 
 NEG_INF = -math.inf
 # A symbol is tried at a frame only where its log probability reaches this.
@@ -69,9 +70,6 @@ class HostSearch:
   def __init__(self, scorer: Scorer, num_classes: int, beam_width: int,
                top_paths: int = 1):
     self.scorer, self.beam_width, self.top_paths = scorer, beam_width, top_paths
-    # Late import: beam_pruned registers itself with the registry, which this
-    # module's importers hold already.
-    from ctc_trainer.decoders import beam_pruned
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, num_classes], tf.float32),
                                   tf.TensorSpec([None], tf.int32)])
