@@ -93,19 +93,17 @@ class LexiconScorer:
   def final(self, state) -> Optional[float]:
     if self.mode == "words":
       node, after_space = state
-      return 0.0 if trie_end(self.trie, node) or (node == 0 and not after_space) \
-          else None
-    return 0.0 if state == 0 or self.trie.terminal[state] else None
+      # A whole word, or nothing at all (not a trailing space).
+      done = self.trie.terminal[node] if node else not after_space
+    else:
+      done = state == 0 or self.trie.terminal[state]
+    return 0.0 if done else None
 
   def needed(self, state) -> int:
-    node = state[0] if self.mode == "words" else state
-    if node == 0:
-      return 0 if self.mode != "words" or not state[1] else self.trie.to_end[0]
-    return self.trie.to_end[node]
-
-
-def trie_end(trie: Trie, node: int) -> bool:
-  return node != 0 and trie.terminal[node]
+    if self.mode == "words":
+      node, after_space = state
+      return self.trie.to_end[node] if node or after_space else 0
+    return self.trie.to_end[state] if state else 0
 
 
 def make_scorer(charset, config: DecoderConfig) -> LexiconScorer:
