@@ -15,6 +15,7 @@ import tensorflow as tf
 from absl import flags
 
 from ctc_trainer import decoders, models, options
+from ctc_trainer.decoders import DecoderConfig
 from ctc_trainer.errors import ConfigError
 from ctc_trainer.models.crnn import CRNNConfig
 from ctc_trainer.options import option
@@ -237,8 +238,10 @@ class LoopConfig:
       ("beam", "greedy"), "Decoders eval reports, comma-separated names from the "
       "registry in ctc_trainer/decoders/, such as greedy, beam and beam_pruned (beam "
       "search on a pruned problem: same top-1 on trained models, 10x+ faster at beam "
-      "100; docs/benchmarks.md). The first is the primary: its cer/wer/seq_accuracy "
-      "are the headline, select best/, and it is what an export serves.")
+      "100; docs/benchmarks.md), and the host decoders lm (--lm_path), lexicon "
+      "(--lexicon) and pattern (--pattern). The first is the primary: its "
+      "cer/wer/seq_accuracy are the headline, select best/, and it is what predict "
+      "uses; an export serves the first in-graph one.")
   num_text_samples: int = option(8, "Eval samples shown as text in TensorBoard.",
                                  minimum=0)
   num_image_samples: int = option(3, "Eval inputs shown as images in TensorBoard.",
@@ -279,12 +282,14 @@ class Config:
   optim: OptimConfig = OptimConfig()
   loop: LoopConfig = LoopConfig()
   warm_start: WarmStartConfig = WarmStartConfig()
+  # The decoders' settings: --beam_width again, and the host decoders' flags.
+  decoding: DecoderConfig = DecoderConfig()
 
 
 # ---------------------------------------------------------------------------
 # Flags: one per option field above and per registered model's config field.
 
-for _cls in (DataConfig, OptimConfig, LoopConfig, WarmStartConfig):
+for _cls in (DataConfig, OptimConfig, LoopConfig, WarmStartConfig, DecoderConfig):
   options.define_flags(_cls)
 flags.DEFINE_string("workdir", None, "Run directory: flags.cfg, charset, checkpoints, "
                     "summaries. A run resumes from the checkpoint found here.")
@@ -322,7 +327,8 @@ def from_flags(fl: flags.FlagValues = flags.FLAGS, need_train: bool = True,
                optim=options.from_flags(OptimConfig, fl),
                loop=dataclasses.replace(
                    loop, decoder=_decoder_names(loop.decoder, fl.beam_prune)),
-               warm_start=options.from_flags(WarmStartConfig, fl))
+               warm_start=options.from_flags(WarmStartConfig, fl),
+               decoding=options.from_flags(DecoderConfig, fl))
   validate(cfg, need_train, need_eval)
   return cfg
 
@@ -345,6 +351,7 @@ def validate(cfg: Config, need_train: bool, need_eval: bool = True) -> None:
                       f"{unknown[0]!r}; known decoders: {known}")
   if len(set(decoder)) != len(decoder):
     raise ConfigError(f"--decoder={','.join(decoder)} names a decoder twice")
+  check_host_decoders(decoder, cfg.decoding, cfg.loop.strategy)
   d = cfg.data
   needed = [("eval_data", d.eval_data)] if need_eval else []
   if need_train:
@@ -374,6 +381,21 @@ def validate(cfg: Config, need_train: bool, need_eval: bool = True) -> None:
   if warm.init_from and warm.charset_mode == "keep" and cfg.charset:
     raise ConfigError("--charset_mode=keep uses the --init_from model's charset: "
                       "drop --charset, or use --charset_mode=new or union")
+
+
+def check_host_decoders(names: Tuple[str, ...], decoding: DecoderConfig,
+                        strategy: str = "default") -> None:
+  """ConfigError for a host decoder among `names` whose settings it cannot use
+  (a missing --lm_path, lexicon or extra, a pattern that does not compile), or that
+  cannot run under `strategy`."""
+  for name in names:
+    decoder = decoders.get(name)
+    if not decoder.host:
+      continue
+    if strategy in ("multi_worker", "tpu"):
+      raise ConfigError(f"--decoder={name} decodes on this machine's host; it runs "
+                        f"with --strategy=default or mirrored, not {strategy}")
+    decoder.check(decoding)
 
 
 def _expand(path: Optional[str]) -> str:

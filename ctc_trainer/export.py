@@ -7,6 +7,9 @@ and the charset (as lookup tables) are all inside it.
 Signatures (K = top_k, fixed at export; B = batch):
   serving_default(encoded string [B]: image or WAV file bytes)    -> outputs
   features(inputs float32 [B, H, W, C], input_length int32 [B])  -> outputs
+  logits(encoded string [B]) -> logits float32 [B, T, C] (blank 0, before softmax),
+                                logit_length int32 [B]: for host decoders (an
+                                n-gram LM, a lexicon, a pattern; docs/export.md)
   outputs: text string [B]             the decoder's best path, as text
            confidence float32 [B]      exp(the best path's log probability)
            top_k_texts string [B, K]   the K best paths, best first
@@ -21,6 +24,9 @@ Signatures (K = top_k, fixed at export; B = batch):
 K is at most what the decoder gives: the beam width for beam decoders, 1 for greedy.
 N is the batch's longest best path. The unit of char_start/char_end is the module's
 `position_unit` ("px" or "ms", a saved string variable) and export.json's.
+The decoder is the run's first in-graph one (decoders.served); the module's
+`charset_symbols` variable (string [C - 1], class i + 1's symbol at i) lets a host
+decoder turn the logits' ids into text.
 
 serving_default preprocesses with the run's Modality (data/modalities.py): the very
 decode the training pipeline maps over its files (images resized to the training
@@ -117,7 +123,10 @@ class ServingModule(tf.Module):
     # saved with it: the charset travels inside the SavedModel.
     self._charset = Charset(charset.symbols)
     self.charset_tables = self._charset.tables()
+    self.charset_symbols = tf.Variable(list(charset.symbols), trainable=False,
+                                       name="charset_symbols")
     bytes_spec = tf.TensorSpec([None], tf.string, name="encoded")
+    self.serve_logits = tf.function(self._serve_logits, input_signature=[bytes_spec])
     self.preprocess = tf.function(self._preprocess, input_signature=[bytes_spec])
     self.serve_bytes = tf.function(self._serve_bytes, input_signature=[bytes_spec])
     self.serve_features = tf.function(self._serve_features, input_signature=[
@@ -132,11 +141,25 @@ class ServingModule(tf.Module):
     decoder and beam width, so the export decodes exactly as evaluation does."""
     cfg = run.cfg
     return cls(run.model, run.charset, cfg.data, cfg.loop.beam_width, top_k,
-               input_scale, decoder=cfg.loop.decoder[0])
+               input_scale, decoder=decoders.served(cfg.loop.decoder))
 
   def signatures(self) -> Dict[str, tf.types.experimental.ConcreteFunction]:
     return {"serving_default": self.serve_bytes.get_concrete_function(),
-            "features": self.serve_features.get_concrete_function()}
+            "features": self.serve_features.get_concrete_function(),
+            "logits": self.serve_logits.get_concrete_function()}
+
+  def _serve_logits(self, encoded):
+    """Encoded files string [B] -> {logits float32 [B, T, C], logit_length [B]}."""
+    inputs, input_length = self._preprocess(encoded)
+
+    def forward():
+      logits = self.model(inputs, input_length=input_length, training=False)
+      return tf.cast(logits, tf.float32), self.model.output_length(input_length)
+
+    logits, logit_length = tf.cond(
+        tf.shape(inputs)[0] > 0, forward,
+        lambda: (tf.zeros([0, 0, self._charset.num_classes]), tf.zeros([0], tf.int32)))
+    return {"logits": logits, "logit_length": logit_length}
 
   def _preprocess(self, encoded):
     """Encoded files string [B] -> (inputs float32 [B, H, W_max, C] or [B, T_max, F],
@@ -274,6 +297,53 @@ def load_serving(path: str) -> ServeFn:
   if host.detect_format(path) == "saved_model":
     return serving_fn(load(path if os.path.isdir(path) else os.path.dirname(path)))
   return serving_fn(host.load(path))
+
+
+def load_logits(path: str):
+  """The `logits` signature of a SavedModel export (folder or file in it) ->
+  (encoded list -> (logits float32 [B, T, C], logit_length int32 [B]) in NumPy,
+  the export's Charset). ConfigError for an export without it (written before it
+  existed, or a TFLite/ONNX one)."""
+  if host.detect_format(path) != "saved_model":
+    raise ConfigError(f"{path}: host decoders (lm, lexicon, pattern) run on a "
+                      "SavedModel export's logits; this export is not one")
+  loaded = load(path if os.path.isdir(path) else os.path.dirname(path))
+  if "logits" not in loaded.signatures or not hasattr(loaded, "charset_symbols"):
+    raise ConfigError(f"{path} has no 'logits' signature (exported before there "
+                      "was one): export the run again for host decoders")
+  signature = loaded.signatures["logits"]
+  charset = Charset([s.decode("utf-8") for s in loaded.charset_symbols.numpy()])
+
+  def logits_fn(encoded):
+    out = signature(encoded=tf.constant(encoded, tf.string))
+    return out["logits"].numpy(), out["logit_length"].numpy()
+  return logits_fn, charset
+
+
+def run_logits(run: loop.Run):
+  """The logits of a restored run's model on encoded files, as load_logits gives
+  an export's -> (logits_fn, the run's Charset)."""
+  module = ServingModule(run.model, run.charset, run.cfg.data, run.cfg.loop.beam_width,
+                         decoder="greedy")
+
+  def logits_fn(encoded):
+    out = module.serve_logits(tf.constant(encoded, tf.string))
+    return out["logits"].numpy(), out["logit_length"].numpy()
+  return logits_fn, run.charset
+
+
+def host_decoding_fn(logits_fn, charset: Charset, decode) -> ServeFn:
+  """A ServeFn (the outputs dict above) that runs host decoder `decode` (a
+  registry.HostDecodeFn) on logits_fn's logits: confidence and top_k_scores are
+  the paths' CTC log probabilities, the ranking the decoder's own."""
+  def serve(encoded):
+    logits, lengths = logits_fn(encoded)
+    paths, scores = decode(logits, lengths)
+    texts = np.array([[charset.decode_py(rank[b]).encode("utf-8") for rank in paths]
+                      for b in range(len(lengths))], object).reshape(len(lengths), -1)
+    return {"text": texts[:, 0], "confidence": np.exp(scores[:, 0]),
+            "top_k_texts": texts, "top_k_scores": scores}
+  return serve
 
 
 # --- transcription -----------------------------------------------------------------
@@ -478,7 +548,7 @@ def check_parity(run: loop.Run, serve: ServeFn, samples: sources.Source,
   cfg = run.cfg
   # What the export decodes with: the primary decoder inside a SavedModel, greedy
   # on the host for the other formats.
-  primary = cfg.loop.decoder[0] if fmt == "saved_model" else "greedy"
+  primary = decoders.served(cfg.loop.decoder) if fmt == "saved_model" else "greedy"
   if primary not in cfg.loop.decoder:
     raise ConfigError(f"--format={fmt} is gated against the greedy decoder; the run "
                       f"evaluates only --decoder={','.join(cfg.loop.decoder)}")

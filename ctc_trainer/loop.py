@@ -204,7 +204,7 @@ def build_run(cfg: Config, for_training: bool = True) -> Run:
       beam_width=cfg.loop.beam_width, jit_compile=cfg.loop.jit_compile,
       decoder_names=cfg.loop.decoder,
       frozen=cfg.warm_start.freeze if for_training else (),
-      frozen_steps=cfg.warm_start.freeze_steps)
+      frozen_steps=cfg.warm_start.freeze_steps, decoder_config=cfg.decoding)
   return Run(cfg, charset, strategy, model, optimizer, checkpoints, step_fns, lr_scale)
 
 
@@ -249,7 +249,7 @@ def eval_batches(run: Run, samples: sources.Source, max_batches: int = 0,
     except StopIteration:
       return
     encoded = batch.pop("encoded", None)
-    batch_sums, decoded = run.step_fns.eval_step(batch)
+    batch_sums, decoded = run.step_fns.evaluate(batch)   # host decoders too
     if encoded is not None:
       batch["encoded"] = encoded
     yield batch, batch_sums, decoded

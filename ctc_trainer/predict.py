@@ -7,6 +7,9 @@
 
 --model_path is an export folder (or its .tflite/.onnx file); its format is detected.
 TFLite and ONNX exports decode greedily and give one path (top_k of 1).
+--decoder=lm|lexicon|pattern (with --lm_path, --lexicon or --pattern) decodes a
+SavedModel's (or the checkpoint's) logits on the host instead of the exported
+decoder; see docs/export.md.
 
 Arguments are image files and folders (their .png/.jpg/.jpeg/.bmp/.gif files, sorted);
 --manifest adds the first column of each line of a TSV (a training manifest works).
@@ -17,6 +20,7 @@ or ms of audio). An image that cannot be read or decoded is
 reported on stderr and skipped; the exit status is then 1. See docs/export.md.
 """
 
+import dataclasses
 import json
 import os
 import sys
@@ -24,7 +28,7 @@ import time
 
 from absl import app, flags
 
-from ctc_trainer import cli, config, export, loop
+from ctc_trainer import cli, config, decoders, export, loop, options
 from ctc_trainer.errors import ConfigError
 
 flags.DEFINE_string("model_path", None, "An export written by tools/export_savedmodel.py, "
@@ -38,13 +42,32 @@ flags.DEFINE_integer("predict_batch_size", 32, "Images per model call.", lower_b
 
 
 def _serving_fn(fl):
-  """The bytes-in function of --model_path, or of --workdir's checkpoint."""
+  """The bytes-in function of --model_path, or of --workdir's checkpoint; with a
+  host decoder first in --decoder, that decoder on their logits."""
   model = fl.model_path or fl.saved_model
+  if decoders.get(fl.decoder[0]).host:
+    return _host_serving_fn(fl, model)
   if model:
     return export.load_serving(os.path.expanduser(model))
   cfg = config.from_flags(need_train=False, need_eval=False)
   run, _ = loop.restore_trained(cfg, fl.checkpoint)
   return export.serving_fn(export.ServingModule.from_run(run))
+
+
+def _host_serving_fn(fl, model):
+  name = fl.decoder[0]
+  decoding = options.from_flags(decoders.DecoderConfig, fl)
+  if model:
+    config.check_host_decoders((name,), decoding)
+    logits_fn, charset = export.load_logits(os.path.expanduser(model))
+  else:
+    cfg = config.from_flags(need_train=False, need_eval=False)
+    run, _ = loop.restore_trained(cfg, fl.checkpoint)
+    logits_fn, charset = export.run_logits(run)
+  top_k = min(export.DEFAULT_TOP_K, decoding.beam_width)
+  decode = decoders.get(name).build(charset, dataclasses.replace(decoding,
+                                                                 top_paths=top_k))
+  return export.host_decoding_fn(logits_fn, charset, decode)
 
 
 @cli.exit_on_user_error

@@ -33,10 +33,43 @@ class StepFns:
   # for the first frozen_steps steps; None when nothing is frozen.
   train_step_frozen: Optional[Callable] = None
   frozen_steps: int = 0
+  # Host decoders (decoders.registry.HostDecoder) by name, built once: they decode
+  # the logits eval_step returns when there are any; `evaluate` runs them.
+  host_decoders: Dict[str, Callable] = dataclasses.field(default_factory=dict)
+  charset: Optional[Charset] = None
 
   def train_step_for(self, done: int) -> Callable:
     """The train step function that runs after `done` steps."""
     return self.train_step_frozen if done < self.frozen_steps else self.train_step
+
+  def evaluate(self, batch):
+    """eval_step, then each host decoder on the logits it returned: its strings
+    scored by the same metrics.batch_sums -> eval_step's (sums, samples) with the
+    host decoders' entries added (in the order of --decoder, in-graph ones first).
+    With host decoders this reads the logits back once per batch."""
+    sums, samples = self.eval_step(batch)
+    if not self.host_decoders:
+      return sums, samples
+    logits = samples.pop(HOST_LOGITS).numpy()
+    lengths = samples.pop(HOST_LENGTHS).numpy()
+    references = samples.pop(HOST_TEXT)
+    first = int(samples.pop(HOST_FIRST_ROWS))
+    for name, decode in self.host_decoders.items():
+      paths, scores = decode(logits, lengths)
+      texts = tf.constant([self.charset.decode_py(p) for p in paths[0]], tf.string)
+      for key, value in metrics.batch_sums(texts, references).items():
+        sums[f"{name}/{key}"] = value
+      # Like the in-graph decoders' samples: the first replica's rows.
+      samples[name] = texts[:first]
+      samples[f"{name}/log_prob"] = tf.constant(scores[:first, 0], tf.float32)
+    return sums, samples
+
+
+# eval_step's extra samples when host decoders run: every local replica's logits
+# float32 [B, T, C] (padded along T to the longest), lengths [B], references [B],
+# and how many rows the first replica holds.
+HOST_LOGITS, HOST_LENGTHS = "host/logits", "host/logit_length"
+HOST_TEXT, HOST_FIRST_ROWS = "host/text", "host/first_rows"
 
 
 def decoder_sums(sums: Dict[str, float], name: str) -> Dict[str, float]:
@@ -57,21 +90,28 @@ def make_step_fns(model, optimizer, charset: Charset, strategy: tf.distribute.St
                   element_spec, global_batch_size: int, clip_norm: float,
                   beam_width: int, jit_compile: bool = False,
                   decoder_names: Sequence[str] = ("beam", "greedy"),
-                  frozen: Sequence[str] = (), frozen_steps: int = 0) -> StepFns:
+                  frozen: Sequence[str] = (), frozen_steps: int = 0,
+                  decoder_config: Optional[DecoderConfig] = None) -> StepFns:
   """Builds the step functions for one model, optimizer and dataset spec.
 
   element_spec: the batch signature, or for several replicas the distributed
   dataset's element_spec (PerReplicaSpec values). jit_compile: XLA-compile the
   forward and backward pass (the optimizer update stays outside XLA).
   decoder_names: registered decoders (ctc_trainer.decoders) that eval_step decodes
-  with, each at beam_width, each scored on its best path. frozen: layer groups of
+  with, each at beam_width, each scored on its best path; host decoders among them
+  (lm, lexicon, pattern) are built here, with decoder_config (its beam width
+  replaced by beam_width), and decode eval_step's logits in StepFns.evaluate.
+  frozen: layer groups of
   the model (SequenceModel.layer_groups) that train_step_frozen runs as in inference
   and does not update, for the first frozen_steps steps; a second function, so
   that each is traced once.
   """
   loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-  eval_decoders = [decoders.get(name) for name in decoder_names]
-  decoder_config = DecoderConfig(beam_width=beam_width)
+  decoder_config = dataclasses.replace(decoder_config or DecoderConfig(),
+                                      beam_width=beam_width, top_paths=1)
+  eval_decoders = [decoders.get(n) for n in decoder_names if not decoders.get(n).host]
+  host_decoders = {n: decoders.get(n).build(charset, decoder_config)
+                   for n in decoder_names if decoders.get(n).host}
   num_replicas = strategy.num_replicas_in_sync
   # On CPU TensorFlow's CTC kernel (sparse labels) is many times faster than the
   # dense-label loss, which is built from ops (docs/benchmarks.md); GPUs, TPUs and
@@ -186,17 +226,30 @@ def make_step_fns(model, optimizer, charset: Charset, strategy: tf.distribute.St
       samples[f"{decoder.name}/log_prob"] = log_probs[:, 0]
       for key, value in metrics.batch_sums(texts, batch["text"]).items():
         sums[f"{decoder.name}/{key}"] = value
-    return sums, samples
+    host = {}
+    if host_decoders:
+      host = {HOST_LOGITS: tf.cast(logits, tf.float32), HOST_LENGTHS: logit_length,
+              HOST_TEXT: batch["text"]}
+    return sums, samples, host
 
   @tf.function(input_signature=[element_spec])
   def eval_step(batch):
-    sums, samples = strategy.run(eval_replica, args=(batch,))
-    first_replica = tf.nest.map_structure(
-        lambda v: strategy.experimental_local_results(v)[0], samples)
+    sums, samples, host = strategy.run(eval_replica, args=(batch,))
+    local = strategy.experimental_local_results
+    first_replica = tf.nest.map_structure(lambda v: local(v)[0], samples)
+    if host_decoders:
+      parts = local(host[HOST_LOGITS])
+      frames = tf.reduce_max(tf.stack([tf.shape(p)[1] for p in parts]))
+      first_replica[HOST_LOGITS] = tf.concat(
+          [tf.pad(p, [[0, 0], [0, frames - tf.shape(p)[1]], [0, 0]]) for p in parts], 0)
+      first_replica[HOST_LENGTHS] = tf.concat(local(host[HOST_LENGTHS]), 0)
+      first_replica[HOST_TEXT] = tf.concat(local(host[HOST_TEXT]), 0)
+      first_replica[HOST_FIRST_ROWS] = tf.shape(parts[0])[0]
     return reduce_sum(sums), first_replica
 
+  extra = {"host_decoders": host_decoders, "charset": charset}
   if not (frozen and frozen_steps):
-    return StepFns(train_step=make_train_step(()), eval_step=eval_step)
+    return StepFns(train_step=make_train_step(()), eval_step=eval_step, **extra)
   return StepFns(train_step=make_train_step(()), eval_step=eval_step,
                  train_step_frozen=make_train_step(tuple(frozen)),
-                 frozen_steps=frozen_steps)
+                 frozen_steps=frozen_steps, **extra)

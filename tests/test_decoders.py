@@ -85,7 +85,7 @@ def test_beam_and_beam_pruned_agree_on_a_peaked_distribution():
                              atol=1e-2)
 
 
-@pytest.mark.parametrize("name", decoders.names())
+@pytest.mark.parametrize("name", decoders.graph_names())
 def test_every_decoder_keeps_the_contract_inside_one_trace(name):
   """Graph-pure, None batch/time/class dims, top_paths paths and scores, traced once."""
   decoder = decoders.get(name)

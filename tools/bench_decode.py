@@ -1,7 +1,11 @@
-"""Decoding speed and exactness: pruned beam search vs plain beam search, same logits.
+"""Decoding speed and accuracy per decoder on the same logits: pruned beam search vs
+plain beam search, and the host decoders (lm, lexicon, pattern).
 
   python tools/bench_decode.py [--workdir=runs/demo] [--beam_width=100] \
       [--num_sequences=500] [--quick]
+  python tools/bench_decode.py --workdir=RUN --checkpoint=best --nosynthetic \
+      --beam_width=10 --lm_path=lm.arpa --lm_alpha=0.5 --lm_beta=1 \
+      [--lexicon=words.txt] [--pattern='[0-9]+( [0-9]+)*']
 
 Two cases, each decoded side by side by the decoders greedy, beam (plain beam:
 ctc.beam_search_decode, i.e. tf.nn.ctc_beam_search_decoder) and beam_pruned
@@ -10,12 +14,16 @@ ctc.beam_search_decode, i.e. tf.nn.ctc_beam_search_decoder) and beam_pruned
              the issue's case.
   model      with --workdir: the logits of the run's latest checkpoint on the first
              --num_sequences lines of its eval set.
+With --lm_path, --lexicon or --pattern (the model case only: they need its
+charset), the host decoders lm, lexicon and pattern at the same beam width join the
+table; each is timed on the logits in NumPy, its frame pruning included.
 Per decoder: sequences/sec and ms/sequence (best of --repeats passes over all
 sequences, the decoders taking turns so that machine noise hits them alike), speedup
-over the plain beam, top-1 agreement with the plain beam (ids, per sequence), and CER
-against the references. Prints a markdown table for docs/benchmarks.md.
+over the plain beam, top-1 agreement with the plain beam (ids, per sequence), CER and
+WER against the references. Prints a markdown table for docs/benchmarks.md.
 """
 
+import dataclasses
 import os
 import string
 import time
@@ -26,7 +34,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from ctc_trainer import cli, config, ctc, loop, metrics  # noqa: E402
+from ctc_trainer import cli, config, ctc, decoders, loop, metrics, options  # noqa: E402
 from ctc_trainer.charset import Charset  # noqa: E402
 from ctc_trainer.data import pipeline, sources  # noqa: E402
 from ctc_trainer.decoders import beam_pruned  # noqa: E402
@@ -45,6 +53,7 @@ flags.DEFINE_float("class_threshold", 1e-4, "Pruning: classes below this probabi
 flags.DEFINE_integer("repeats", 3, "Timed passes per decoder; the best one counts.",
                      lower_bound=1)
 flags.DEFINE_bool("quick", False, "Smoke run: 64 sequences, one timed pass.")
+flags.DEFINE_bool("synthetic", True, "Run the synthetic case.")
 # --beam_width, --eval_batch_size and --workdir are ctc_trainer's own flags
 # (config.py). Here the beam width defaults to the issue's 100, not to the run's eval
 # beam width; --eval_batch_size (default 64) batches the synthetic case, the model case
@@ -111,7 +120,7 @@ def synthetic_case(num: int, batch_size: int, frames: int, num_classes: int):
 
 def restore_run():
   """-> (loop.Run with --workdir's latest checkpoint restored, its step)."""
-  return loop.restore_trained(config.from_flags(need_train=False))
+  return loop.restore_trained(config.from_flags(need_train=False), FLAGS.checkpoint)
 
 
 def eval_logits(run: loop.Run, num: int):
@@ -120,7 +129,8 @@ def eval_logits(run: loop.Run, num: int):
   cfg = run.cfg
   samples = sources.load_samples(cfg.data, "eval", run.charset)
   model = run.model
-  spec = pipeline.batch_signature(cfg.data.image_channels, cfg.data.image_height)
+  spec = pipeline.batch_signature(cfg.data.image_channels, cfg.data.image_height,
+                                  pipeline.input_shape(cfg.data))
 
   @tf.function(input_signature=[spec["inputs"], spec["input_length"]])
   def forward(inputs, input_length):
@@ -159,36 +169,60 @@ def make_decoders(num_classes: int, beam_width: int):
   return {name: tf.function(fn, input_signature=signature) for name, fn in fns.items()}
 
 
-def run_case(name, charset, batches, beam_width, repeats):
-  """Times and scores every decoder on the batches; returns the table rows."""
-  decoders = make_decoders(charset.num_classes, beam_width)
-  plain = list(decoders)[1]
-  for fn in decoders.values():  # trace outside the timed passes
+def make_host_decoders(charset, beam_width: int):
+  """name -> host decoder (numpy logits [B, T, C], lengths [B]) -> top-1 id lists,
+  for each of lm, lexicon and pattern whose flag is set."""
+  settings = dataclasses.replace(options.from_flags(decoders.DecoderConfig, FLAGS),
+                                 beam_width=beam_width, top_paths=1)
+  wanted = [name for name, value in (("lm", settings.lm_path),
+                                     ("lexicon", settings.lexicon),
+                                     ("pattern", settings.pattern)) if value]
+  config.check_host_decoders(tuple(wanted), settings)
+  built = {name: decoders.get(name).build(charset, settings) for name in wanted}
+  return {f"{name} {beam_width}": (lambda fn: lambda x, n: fn(x, n)[0][0])(fn)
+          for name, fn in built.items()}
+
+
+def run_case(name, charset, batches, beam_width, repeats, host=False):
+  """Times and scores every decoder on the batches (with host, the host decoders
+  too); returns the table rows."""
+  fns = make_decoders(charset.num_classes, beam_width)
+  host_fns = make_host_decoders(charset, beam_width) if host else {}
+  plain = list(fns)[1]
+  numpy_batches = [(logits.numpy(), lengths.numpy()) for logits, lengths, _ in batches]
+  for fn in fns.values():  # trace outside the timed passes
     fn(*batches[0][:2])
+  for fn in host_fns.values():
+    fn(*numpy_batches[0])
   num = sum(int(tf.shape(b[1])[0]) for b in batches)
-  best = {d: float("inf") for d in decoders}
+  best = {d: float("inf") for d in (*fns, *host_fns)}
   outputs = {}
   for _ in range(repeats):
-    for d, fn in decoders.items():
+    for d, fn in fns.items():
       start = time.perf_counter()
       out = [fn(logits, lengths) for logits, lengths, _ in batches]
       # The calls return computed results; turning them into lists is off the clock.
       best[d] = min(best[d], time.perf_counter() - start)
-      outputs[d] = out
+      outputs[d] = [o.to_list() for o in out]
+    for d, fn in host_fns.items():
+      start = time.perf_counter()
+      outputs[d] = [fn(logits, lengths) for logits, lengths in numpy_batches]
+      best[d] = min(best[d], time.perf_counter() - start)
 
-  ids = {d: [row for out in outs for row in out.to_list()]
-         for d, outs in outputs.items()}
+  ids = {d: [row for out in outs for row in out] for d, outs in outputs.items()}
   rows = []
-  for d in decoders:
+  for d in best:
     sums = {}
     for out, (_, _, texts) in zip(outputs[d], batches):
-      sums = metrics.add_sums(sums, metrics.batch_sums(charset.decode(out), texts))
+      decoded = tf.constant([charset.decode_py(row) for row in out], tf.string)
+      sums = metrics.add_sums(sums, metrics.batch_sums(decoded, texts))
     same = sum(a == b for a, b in zip(ids[d], ids[plain]))
+    scores = metrics.results(sums)
     rows.append({
         "case": name, "decoder": d, "seq_per_sec": num / best[d],
         "ms_per_seq": 1e3 * best[d] / num, "speedup": best[plain] / best[d],
         "agreement": same / num, "disagree": num - same,
-        "cer": metrics.results(sums)["cer"],
+        "cer": scores["cer"], "wer": scores["wer"],
     })
   shrink = _shrinkage(batches)
   print(f"{name}: {num} sequences, {charset.num_classes} classes, mean {shrink[0]:.1f} "
@@ -219,12 +253,13 @@ def _shrinkage(batches):
 
 def print_table(rows):
   print("\n| case | decoder | seq/s | ms/seq | speedup vs plain | top-1 = plain "
-        "| CER |")
-  print("|---|---|---:|---:|---:|---:|---:|")
+        "| CER | WER |")
+  print("|---|---|---:|---:|---:|---:|---:|---:|")
   for r in rows:
     print(f"| {r['case']} | {r['decoder']} | {r['seq_per_sec']:.0f} | "
-          f"{r['ms_per_seq']:.3f} | {r['speedup']:.1f}x | "
-          f"{100 * r['agreement']:.2f}% ({r['disagree']} differ) | {r['cer']:.4f} |")
+          f"{r['ms_per_seq']:.3f} | {r['speedup']:.2f}x | "
+          f"{100 * r['agreement']:.2f}% ({r['disagree']} differ) | {r['cer']:.4f} | "
+          f"{r['wer']:.4f} |")
 
 
 def main(argv):
@@ -237,17 +272,18 @@ def main(argv):
         f"blank_threshold {FLAGS.blank_threshold}, class_threshold "
         f"{FLAGS.class_threshold}, best of {repeats}", flush=True)
   rows = []
-  charset, batches = synthetic_case(num, FLAGS.eval_batch_size, FLAGS.synthetic_frames,
-                                    FLAGS.synthetic_classes)
-  rows += run_case(f"synthetic {FLAGS.synthetic_classes} classes x "
-                   f"{FLAGS.synthetic_frames} frames", charset, batches, beam_width,
-                   repeats)
+  if FLAGS.synthetic:
+    charset, batches = synthetic_case(num, FLAGS.eval_batch_size,
+                                      FLAGS.synthetic_frames, FLAGS.synthetic_classes)
+    rows += run_case(f"synthetic {FLAGS.synthetic_classes} classes x "
+                     f"{FLAGS.synthetic_frames} frames", charset, batches, beam_width,
+                     repeats)
   if FLAGS.workdir:
     cli.apply_workdir_flags()
     run, step = restore_run()
     rows += run_case(f"{os.path.basename(os.path.normpath(FLAGS.workdir))} "
                      f"step {step} eval", run.charset, eval_logits(run, num),
-                     beam_width, repeats)
+                     beam_width, repeats, host=True)
   print_table(rows)
 
 

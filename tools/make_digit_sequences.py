@@ -12,6 +12,11 @@ silences of --gap_ms (a random length in the range) before, between and after th
 and, with --noise_db, white noise at that signal-to-noise ratio over the whole
 utterance. Its label is the digit string, e.g. "4071".
 
+With --words=FILE an utterance says --min_words to --max_words words drawn from FILE
+(one digit string per line; a line listed twice is drawn twice as often), with
+pauses of --word_gap_ms between words; its label has a space between words, e.g.
+"4071 229": a word-level task for language models and lexicons (docs/benchmarks.md).
+
 Train and eval utterances never share a recording: --split=index puts recordings
 with index <= --eval_max_index in eval (FSDD's own test split is index 0-4), and
 --split=speaker puts the --eval_speakers in eval (unseen voices).
@@ -51,6 +56,14 @@ flags.DEFINE_string("source_dir", None, "Folder of {digit}_{speaker}_{index}.wav
 flags.DEFINE_string("output_dir", None, "Where the train/ and eval/ folders go.")
 flags.DEFINE_integer("num_train", 4000, "Training utterances.", lower_bound=1)
 flags.DEFINE_integer("num_eval", 500, "Evaluation utterances.", lower_bound=1)
+flags.DEFINE_string("words", None, "Speak words from this file (digit strings, one a "
+                    "line) instead of random digits; labels separate words by a space.")
+flags.DEFINE_integer("min_words", 1, "--words: fewest words in an utterance.",
+                     lower_bound=1)
+flags.DEFINE_integer("max_words", 4, "--words: most words in an utterance.",
+                     lower_bound=1)
+flags.DEFINE_list("word_gap_ms", ["400", "700"], "--words: the pause between two "
+                  "words: MIN,MAX milliseconds.")
 flags.DEFINE_integer("min_digits", 1, "Fewest digits in an utterance.", lower_bound=1)
 flags.DEFINE_integer("max_digits", 5, "Most digits in an utterance.", lower_bound=1)
 flags.DEFINE_list("gap_ms", ["50", "300"], "Silence before, between and after the "
@@ -139,8 +152,11 @@ class Generator:
 
   def __init__(self, clips: List[Clip], rng: np.random.Generator,
                gap_ms: Tuple[int, int], noise_db: Optional[float],
-               digits: Tuple[int, int], sample_rate: Optional[int] = None):
+               digits: Tuple[int, int], sample_rate: Optional[int] = None,
+               words: Optional[List[str]] = None, num_words: Tuple[int, int] = (1, 1),
+               word_gap_ms: Tuple[int, int] = (0, 0)):
     self.rng, self.gap_ms, self.noise_db, self.digits = rng, gap_ms, noise_db, digits
+    self.words, self.num_words, self.word_gap_ms = words, num_words, word_gap_ms
     self.by_speaker: Dict[str, Dict[str, List[Clip]]] = collections.defaultdict(
         lambda: collections.defaultdict(list))
     for clip in clips:
@@ -166,14 +182,25 @@ class Generator:
     rng = self.rng
     clips_by_digit = self.by_speaker[self.speakers[rng.integers(len(self.speakers))]]
     available = sorted(clips_by_digit)
-    count = int(rng.integers(self.digits[0], self.digits[1] + 1))
-    chosen = []
-    for _ in range(count):
-      options = clips_by_digit[available[rng.integers(len(available))]]
-      chosen.append(options[rng.integers(len(options))])
+    if self.words:
+      count = int(rng.integers(self.num_words[0], self.num_words[1] + 1))
+      text = " ".join(self.words[rng.integers(len(self.words))] for _ in range(count))
+      chosen = [clips_by_digit[d][rng.integers(len(clips_by_digit[d]))]
+                for d in text if d != " "]
+      # The gap after each digit: a word pause where a space follows it.
+      pauses = [self.word_gap_ms if after == " " else self.gap_ms
+                for before, after in zip(text, text[1:] + "$") if before != " "]
+    else:
+      count = int(rng.integers(self.digits[0], self.digits[1] + 1))
+      chosen = []
+      for _ in range(count):
+        options = clips_by_digit[available[rng.integers(len(available))]]
+        chosen.append(options[rng.integers(len(options))])
+      text = "".join(c.digit for c in chosen)
+      pauses = [self.gap_ms] * count
     speech = [self._samples(c) for c in chosen]
-    gaps = [np.zeros(int(rng.integers(self.gap_ms[0], self.gap_ms[1] + 1))
-                     * self.sample_rate // 1000, np.float32) for _ in range(count + 1)]
+    gaps = [np.zeros(int(rng.integers(low, high + 1)) * self.sample_rate // 1000,
+                     np.float32) for low, high in [self.gap_ms] + pauses]
     parts = [gaps[0]]
     spans, at = [], len(gaps[0])
     for clip_samples, gap in zip(speech, gaps[1:]):
@@ -187,7 +214,7 @@ class Generator:
       noise_power = speech_power / 10.0 ** (self.noise_db / 10.0)
       signal = signal + rng.normal(0.0, np.sqrt(noise_power), signal.shape)
     pcm = np.clip(np.round(signal * 32768.0), -32768, 32767).astype("<i2")
-    return pcm, "".join(c.digit for c in chosen), chosen, spans
+    return pcm, text, chosen, spans
 
 
 def wav_bytes(pcm: np.ndarray, sample_rate: int) -> bytes:
@@ -247,14 +274,28 @@ def _write_lines(path: str, lines: List[str]) -> None:
     f.writelines(lines)
 
 
-def _gap_range(values: List[str]) -> Tuple[int, int]:
+def _gap_range(values: List[str], name: str = "gap_ms") -> Tuple[int, int]:
   try:
     low, high = (int(v) for v in values)
   except ValueError:
-    raise ToolError(f"--gap_ms={','.join(values)} must be MIN,MAX milliseconds") from None
+    raise ToolError(f"--{name}={','.join(values)} must be MIN,MAX milliseconds") from None
   if not 0 <= low <= high:
-    raise ToolError(f"--gap_ms={low},{high} needs 0 <= MIN <= MAX")
+    raise ToolError(f"--{name}={low},{high} needs 0 <= MIN <= MAX")
   return low, high
+
+
+def _read_words(path: str) -> List[str]:
+  """--words: the file's non-empty lines, each a digit string."""
+  try:
+    with open(os.path.expanduser(path), encoding="utf-8") as f:
+      words = [line.strip() for line in f if line.strip()]
+  except (OSError, UnicodeDecodeError) as e:
+    raise ToolError(f"--words={path}: {getattr(e, 'strerror', None) or e}") from None
+  bad = next((w for w in words if not w.isdigit()), None)
+  if bad is not None or not words:
+    raise ToolError(f"--words={path} must list digit strings, one a line"
+                    + (f"; found {bad!r}" if bad is not None else ""))
+  return words
 
 
 def main(argv):
@@ -268,6 +309,10 @@ def main(argv):
     if fl.max_digits < fl.min_digits:
       raise ToolError("--max_digits must be >= --min_digits")
     gap_ms = _gap_range(fl.gap_ms)
+    words = _read_words(fl.words) if fl.words else None
+    if fl.max_words < fl.min_words:
+      raise ToolError("--max_words must be >= --min_words")
+    word_gap_ms = _gap_range(fl.word_gap_ms, "word_gap_ms")
     source_dir = os.path.expanduser(fl.source_dir)
     output_dir = os.path.expanduser(fl.output_dir)
     parts = split_clips(list_clips(source_dir), fl.split, fl.eval_max_index,
@@ -281,14 +326,17 @@ def main(argv):
     params = {"source_dir": os.path.abspath(source_dir), "split": fl.split,
               "eval_max_index": fl.eval_max_index, "eval_speakers": fl.eval_speakers,
               "min_digits": fl.min_digits, "max_digits": fl.max_digits,
-              "gap_ms": list(gap_ms), "noise_db": fl.noise_db, "format": fl.format,
+              "gap_ms": list(gap_ms), "words": fl.words, "min_words": fl.min_words,
+              "max_words": fl.max_words, "word_gap_ms": list(word_gap_ms),
+              "noise_db": fl.noise_db, "format": fl.format,
               "seed": fl.seed, "splits": {}}
     sample_rate = None
     for split, clips in parts.items():
       # Separate streams per split: changing --num_train leaves eval unchanged.
       rng = np.random.default_rng([fl.seed, SPLIT_SEEDS[split]])
       generator = Generator(clips, rng, gap_ms, fl.noise_db,
-                            (fl.min_digits, fl.max_digits), sample_rate)
+                            (fl.min_digits, fl.max_digits), sample_rate, words,
+                            (fl.min_words, fl.max_words), word_gap_ms)
       staging = targets[split] + ".tmp"
       shutil.rmtree(staging, ignore_errors=True)
       seconds = write_utterances(generator, split, counts[split], staging, fl.format,
