@@ -2,6 +2,7 @@
 
   python tools/bench_input.py            # full run, about 10 minutes on 2 cores
   python tools/bench_input.py --quick    # smoke run, about 2 minutes
+  python tools/bench_input.py --parts=service --sets=captcha   # (f) alone
 
 Generates its own image sets into a fresh folder under --root (removed at the end
 unless --keep): small captcha-like PNGs (synthetic.render_line) and long text-line
@@ -25,7 +26,8 @@ files:
       --rss_images captchas and over a set --rss_scale times larger (copies of the
       files), with as many steps for both: one epoch of the larger set.
   Before them, the profile part: CPU time per image of each stage on one thread.
-  (f) with --data_service (and nothing else): the demo model's train steps on
+  (f) with --parts=service --sets=captcha (the training flag --data_service names
+      a dispatcher; this part starts its own): the demo model's train steps on
       captchas fed by the local pipeline (0 service workers), and through the
       tf.data service (--data_service, dynamic sharding) from a dispatcher with 1
       and one with 2 worker processes on this machine; blocks alternate among
@@ -68,7 +70,8 @@ flags.DEFINE_bool("quick", False, "Smoke run: small sets and few steps.")
 flags.DEFINE_list("sets", ["captcha", "lines"], "Image kinds: captcha, lines.")
 flags.DEFINE_list("parts", ["profile", "throughput", "training", "rss"],
                   "profile: CPU per image by stage; throughput: (a)-(c); "
-                  "training: (d); rss: (e).")
+                  "training: (d); rss: (e); service: (f), the tf.data service "
+                  "(not run by default; needs the captcha set).")
 flags.DEFINE_integer("captcha_images", 3000, "Images in the captcha set.")
 flags.DEFINE_integer("line_images", 1500, "Images in the text-line set.")
 flags.DEFINE_list("training_sets", ["captcha"], "(d): image kinds to train on.")
@@ -82,10 +85,6 @@ flags.DEFINE_integer("rss_scale", 10, "(e): the large set is this many times the
                      "smaller one.")
 flags.DEFINE_list("rss_sources", ["files", "tfrecord"], "(e): pipelines to measure.")
 flags.DEFINE_bool("keep", False, "Keep the generated files.")
-flags.DEFINE_bool("data_service", False, "(f) only: demo-model training fed by "
-                  "the local pipeline and by the tf.data service with 1 and 2 local "
-                  "workers (tools/data_service.py processes); examples/s, input "
-                  "wait, and each worker's CPU seconds per example.")
 flags.DEFINE_integer("service_steps", 30, "(f): timed steps per block.")
 flags.DEFINE_string("rss_child", None, "Internal: run one (e) training job described "
                     "by this JSON, then exit.")
@@ -369,8 +368,6 @@ def main(argv):
   train_steps = {"captcha": 6, "lines": 3} if FLAGS.quick else {"captcha": 40,
                                                                   "lines": 8}
   blocks = 1 if FLAGS.quick else FLAGS.train_blocks
-  if FLAGS.data_service:
-    FLAGS.parts, FLAGS.sets = ["service"], ["captcha"]
   os.makedirs(FLAGS.root, exist_ok=True)
   root = tempfile.mkdtemp(prefix="run-", dir=FLAGS.root)   # a fresh path: cold files
   print(f"# bench_input: {cores} cores, TensorFlow {tf.__version__}, batch "

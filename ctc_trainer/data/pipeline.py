@@ -120,6 +120,11 @@ def make_dataset(cfg: DataConfig, charset: Charset, split: str,
   ds = ds.prefetch(AUTOTUNE).with_options(dataset_options(cfg))
   if training and cfg.data_service:
     ds = service.distribute(ds, cfg)
+  if training and (start_position is not None or cfg.data_service):
+    # The stream by position (and what the service sends) never ends, but neither
+    # has a static infinite cardinality; said here, so that a multi-worker
+    # distributed iterator does not all-reduce "is there a next batch?" every step.
+    ds = ds.apply(tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY))
   return ds
 
 
