@@ -2,7 +2,9 @@
 best/. Each holds the step, the best CER so far, the model (with its dropout RNG
 state), the step of the best CER and the number of evaluations since (early
 stopping and the plateau cuts count them), and for training runs the optimizer, the
-input iterator's position and, with the plateau cuts, the learning rate's multiplier.
+input's position (the tf.data iterator on one device; under a strategy or the data
+service the highest stream position trained on) and, with the plateau cuts, the
+learning rate's multiplier.
 A checkpoint written before those counters (or before the cuts were turned on) lacks
 them: they are restored when present and start afresh otherwise.
 
@@ -34,7 +36,7 @@ def rng_states(model) -> list:
 _BEST_CER_KEY = "best_cer/.ATTRIBUTES/VARIABLE_VALUE"
 
 # Objects a checkpoint may lack (see the module docstring).
-OPTIONAL = ("best_step", "stale_evals", "lr_scale")
+OPTIONAL = ("best_step", "stale_evals", "lr_scale", "input_position")
 
 
 class Checkpoints:

@@ -149,6 +149,20 @@ class DataConfig:
   deterministic_input: bool = option(
       True, "Parallel input stages emit in the seeded order (reproducible). False lets "
       "them emit whatever is ready first (faster when some files are slow to read).")
+  data_service: str = option(
+      "", "grpc://HOST:PORT of a tf.data service dispatcher (tools/data_service.py): "
+      "the training input (read, decode, augment, batch) runs on its workers instead "
+      "of in this process; eval stays local. Empty: off.",
+      check=(lambda v: not v or (v.startswith("grpc://") and ":" in v[len("grpc://"):]),
+             "--data_service must be grpc://HOST:PORT"))
+  data_service_sharding: str = option(
+      "dynamic", "How the data service splits the training input among its workers. "
+      "dynamic (processing mode distributed_epoch): the dispatcher hands each "
+      "example's position to one worker, so an epoch is seen once across workers "
+      "and a resumed run continues from the checkpointed position; a lost worker's "
+      "in-flight examples are skipped, never repeated. off (parallel_epochs): every "
+      "worker runs the whole pipeline, so each example comes once per worker and "
+      "epoch, and resume is not exact.", choices=("dynamic", "off"))
   cache_decoded: bool = option(
       False, "Decode the training set once into RAM before training (only for sets "
       "that fit in memory); epochs are shuffled by index over the whole set, and "
@@ -370,6 +384,12 @@ def validate(cfg: Config, need_train: bool, need_eval: bool = True) -> None:
     raise ConfigError(f"--model={models.name_of(cfg.model)} reads {reads} inputs, not "
                       f"--modality={d.modality}; the {d.modality} models are: "
                       f"{', '.join(readers) or 'none'}")
+  if d.data_service and (d.data_format == "tfrecord" or d.cache_decoded):
+    raise ConfigError(
+        f"--data_service works with listed samples (not --data_format=tfrecord or "
+        f"--cache_decoded): its workers draw samples by position, which "
+        f"{'TFRecord shards' if d.data_format == 'tfrecord' else 'the in-memory set'}"
+        " do not offer")
   if d.synthetic_max_length < d.synthetic_min_length:
     raise ConfigError("--synthetic_max_length must be >= --synthetic_min_length")
   if cfg.charset and not os.path.isfile(cfg.charset):

@@ -208,17 +208,44 @@ def build_run(cfg: Config, for_training: bool = True) -> Run:
   return Run(cfg, charset, strategy, model, optimizer, checkpoints, step_fns, lr_scale)
 
 
-def make_iterator(run: Run, split: str, samples: sources.Source, **options):
+def make_iterator(run: Run, split: str, samples: sources.Source,
+                  seen: Optional[tf.Variable] = None, **options):
   """An iterator over `split` batches. On the default strategy it is a plain tf.data
   iterator, which checkpoints its position; under a distribution strategy each
-  worker reads its own shard through an InputContext (position not checkpointed).
+  worker reads its own shard through an InputContext. seen (training by position,
+  see positioned_input): the highest stream position this worker has trained on
+  (-1: none), restored from the checkpoint; the stream continues after it.
   options: further make_dataset arguments (limit, keep_encoded)."""
-  make = lambda context: pipeline.make_dataset(
-      run.cfg.data, run.charset, split, input_context=context, samples=samples,
-      **options)
+  def make(context):
+    start = None
+    if seen is not None:
+      pipelines, index = ((context.num_input_pipelines, context.input_pipeline_id)
+                          if context else (1, 0))
+      last = int(seen.numpy())
+      start = index if last < 0 else last + pipelines
+    return pipeline.make_dataset(run.cfg.data, run.charset, split,
+                                 input_context=context, samples=samples,
+                                 start_position=start, **options)
   if not distribute.is_distributed(run.strategy):
     return iter(make(None))
   return iter(run.strategy.distribute_datasets_from_function(make))
+
+
+def positioned_input(run: Run, samples: sources.Source) -> bool:
+  """Whether training reads its stream by position (ListedSource.
+  positioned_examples) and checkpoints the highest position trained on: where a
+  plain tf.data iterator, which checkpoints itself, is not there to save (under a
+  distribution strategy the iterator is a DistributedIterator, not trackable; the
+  data service keeps its position in the service)."""
+  cfg = run.cfg.data
+  wanted = distribute.is_distributed(run.strategy) or bool(cfg.data_service)
+  return wanted and not cfg.cache_decoded and hasattr(samples, "positioned_examples")
+
+
+def _highest_position(run: Run, position) -> tf.Tensor:
+  """The highest stream position in a batch (all of this worker's replicas)."""
+  local = run.strategy.experimental_local_results(position)
+  return tf.reduce_max(tf.concat([tf.reshape(p, [-1]) for p in local], 0))
 
 
 def _next_batch(iterator, samples, cfg):
@@ -492,22 +519,39 @@ def train_and_evaluate(cfg: Config, after_step: Optional[Callable[[int], None]] 
   run = build_run(cfg)
 
   # 2. Data. Samples are listed once (paths and labels only); images stream from
-  #    disk. The iterator is part of the checkpoint, so a resumed run continues the
-  #    same order from where it stopped.
+  #    disk. What the checkpoint holds of the input is where it stopped, so a
+  #    resumed run continues the same order instead of replaying it: on one device
+  #    the tf.data iterator itself; under a strategy or through the data service
+  #    the highest stream position trained on (this worker's), after which the
+  #    stream is rebuilt once restored.
   train_samples = sources.load_samples(cfg.data, "train", run.charset)
   eval_samples = sources.load_samples(cfg.data, "eval", run.charset)
-  iterator = make_iterator(run, "train", train_samples)
   time_axis = modalities.get(cfg.data).time_axis   # for padding efficiency
-  if isinstance(iterator, tf.data.Iterator):
-    run.checkpoints.track(iterator=iterator)
+  seen = iterator = None
+  if positioned_input(run, train_samples):
+    seen = tf.Variable(-1, dtype=tf.int64, trainable=False, name="input_position")
+    run.checkpoints.track(input_position=seen)
   else:
-    logging.warning("Under --strategy=%s the input position is not checkpointed: a "
-                    "resumed run starts a new pass over the data", loop.strategy)
+    iterator = make_iterator(run, "train", train_samples)
+    if isinstance(iterator, tf.data.Iterator):
+      run.checkpoints.track(iterator=iterator)
+    else:
+      logging.warning("Under --strategy=%s the input position of %s is not "
+                      "checkpointed: a resumed run starts a new pass over the data",
+                      loop.strategy, train_samples.describe())
 
   # 3. Resume: the latest readable checkpoint, if any.
   start_step = run.checkpoints.restore("latest")
   if start_step:
     logging.info("Resuming at step %d of %d", start_step, loop.train_steps)
+  if seen is not None:
+    iterator = make_iterator(run, "train", train_samples, seen=seen)
+    if int(seen.numpy()) >= 0:
+      logging.info("The input continues after stream position %d (epoch %d)",
+                   int(seen.numpy()), int(seen.numpy()) // train_samples.count())
+  if cfg.data.data_service:
+    logging.info("Training input from the tf.data service at %s (sharding %s)",
+                 cfg.data.data_service, cfg.data.data_service_sharding)
   # A run that stopped early stays stopped.
   stopping = bool(start_step) and _early_stopped(run)
   if distribute.is_chief():
@@ -532,6 +576,8 @@ def train_and_evaluate(cfg: Config, after_step: Optional[Callable[[int], None]] 
       fetch_start = time.time()
       batch = _next_batch(iterator, train_samples, cfg.data)
       wait = time.time() - fetch_start
+      if seen is not None:   # eager ops, no host sync
+        seen.assign(tf.maximum(seen, _highest_position(run, batch.pop("position"))))
       try:
         interval.add(run.step_fns.train_step_for(step)(batch), wait,
                      throughput.padding_sums(batch, time_axis, run.strategy))

@@ -80,9 +80,11 @@ def _free_ports(n):
   return ports
 
 
-def _run_workers(workdir, data_flags, *extra, worker_env=()):
+def _run_workers(workdir, data_flags, *extra, worker_env=(), tee=None):
   """Two workers to their end, on the tiny set (already generated, so they do not
-  race to write it) -> what each printed. worker_env: extra environment of worker 1."""
+  race to write it) -> what each printed. worker_env: extra environment of worker 1.
+  tee: a file open for writing that worker 0's stderr goes to (read back after),
+  for a caller that watches it while the run goes on."""
   ports = _free_ports(2)
   cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
   procs = []
@@ -93,12 +95,15 @@ def _run_workers(workdir, data_flags, *extra, worker_env=()):
     procs.append(start_process(
         "-m", "ctc_trainer.train", f"--workdir={workdir}", *TINY_FLAGS, *data_flags,
         "--strategy=multi_worker", *extra, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE))
+        stderr=tee if tee is not None and index == 0 else subprocess.PIPE))
   try:
     outs = [p.communicate(timeout=280) for p in procs]
   finally:
     for p in procs:
       p.kill()
+  if tee is not None:
+    tee.flush()
+    outs[0] = (outs[0][0], open(tee.name).read())
   return [Ran(p.returncode, out, err) for p, (out, err) in zip(procs, outs)]
 
 

@@ -2,6 +2,7 @@
 
   python tools/bench_input.py            # full run, about 10 minutes on 2 cores
   python tools/bench_input.py --quick    # smoke run, about 2 minutes
+  python tools/bench_input.py --parts=service --sets=captcha   # (f) alone
 
 Generates its own image sets into a fresh folder under --root (removed at the end
 unless --keep): small captcha-like PNGs (synthetic.render_line) and long text-line
@@ -25,6 +26,13 @@ files:
       --rss_images captchas and over a set --rss_scale times larger (copies of the
       files), with as many steps for both: one epoch of the larger set.
   Before them, the profile part: CPU time per image of each stage on one thread.
+  (f) with --parts=service --sets=captcha (the training flag --data_service names
+      a dispatcher; this part starts its own): the demo model's train steps on
+      captchas fed by the local pipeline (0 service workers), and through the
+      tf.data service (--data_service, dynamic sharding) from a dispatcher with 1
+      and one with 2 worker processes on this machine; blocks alternate among
+      the three; examples/s, the fraction of time spent waiting for a batch, and
+      the workers' CPU time (from /proc) per example they served.
 Prints markdown tables for docs/benchmarks.md. --batch_size and --image_height are the
 training flags of the same names; the model is the demo's (configs/demo_ocr.cfg).
 """
@@ -62,7 +70,8 @@ flags.DEFINE_bool("quick", False, "Smoke run: small sets and few steps.")
 flags.DEFINE_list("sets", ["captcha", "lines"], "Image kinds: captcha, lines.")
 flags.DEFINE_list("parts", ["profile", "throughput", "training", "rss"],
                   "profile: CPU per image by stage; throughput: (a)-(c); "
-                  "training: (d); rss: (e).")
+                  "training: (d); rss: (e); service: (f), the tf.data service "
+                  "(not run by default; needs the captcha set).")
 flags.DEFINE_integer("captcha_images", 3000, "Images in the captcha set.")
 flags.DEFINE_integer("line_images", 1500, "Images in the text-line set.")
 flags.DEFINE_list("training_sets", ["captcha"], "(d): image kinds to train on.")
@@ -76,6 +85,7 @@ flags.DEFINE_integer("rss_scale", 10, "(e): the large set is this many times the
                      "smaller one.")
 flags.DEFINE_list("rss_sources", ["files", "tfrecord"], "(e): pipelines to measure.")
 flags.DEFINE_bool("keep", False, "Keep the generated files.")
+flags.DEFINE_integer("service_steps", 30, "(f): timed steps per block.")
 flags.DEFINE_string("rss_child", None, "Internal: run one (e) training job described "
                     "by this JSON, then exit.")
 FLAGS = flags.FLAGS
@@ -385,6 +395,8 @@ def main(argv):
       print(training_table(chosen, train_steps, blocks) + "\n", flush=True)
     if "rss" in FLAGS.parts:
       print(rss_table(root), flush=True)
+    if "service" in FLAGS.parts:
+      print(service_table(image_sets["captcha"], root, blocks, cores), flush=True)
   finally:
     if not FLAGS.keep:
       shutil.rmtree(root, ignore_errors=True)
@@ -491,6 +503,132 @@ def training_table(image_sets: Dict[str, ImageSet], train_steps: Dict[str, int],
       logging.info("%s %s: %s", name, feed, rates)
   return ("### (d) Demo-model training, steps/sec: real pipeline vs the same batches "
           "from memory\n\n" + "\n".join(rows))
+
+
+# --- (f) the tf.data service -------------------------------------------------------
+
+def process_cpu_seconds(pid: int) -> float:
+  """User + system CPU seconds of a process so far (/proc/PID/stat)."""
+  with open(f"/proc/{pid}/stat") as f:
+    fields = f.read().rsplit(")", 1)[1].split()
+  return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class LocalService:
+  """A dispatcher and `workers` worker processes of tools/data_service.py."""
+
+  def __init__(self, workers: int, log_dir: str):
+    tool = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data_service.py")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    self.procs, self.logs = [], []
+
+    def start(*args):
+      log = open(os.path.join(log_dir, f"service{workers}-{len(self.procs)}.log"), "w")
+      self.logs.append(log)
+      self.procs.append(subprocess.Popen([sys.executable, tool, "--host=127.0.0.1",
+                                          *args], stdout=log, stderr=log, env=env))
+      return log.name
+
+    dispatcher_log = start("--role=dispatcher")
+    self.address = self._wait(dispatcher_log, "dispatcher listening on ").split()[0]
+    for _ in range(workers):
+      start("--role=worker", f"--dispatcher_address={self.address}")
+    self._wait(dispatcher_log, f"data service: {workers} worker(s) registered")
+    self.workers = self.procs[1:]
+
+  @staticmethod
+  def _wait(path: str, marker: str, timeout: float = 300) -> str:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+      with open(path) as f:
+        for line in f:
+          if marker in line:
+            return line.split(marker, 1)[1]
+      time.sleep(0.5)
+    raise RuntimeError(f"no {marker!r} in {path} after {timeout}s")
+
+  def worker_cpu(self) -> float:
+    return sum(process_cpu_seconds(p.pid) for p in self.workers)
+
+  def stop(self):
+    for proc in self.procs:
+      proc.terminate()
+    for proc in self.procs:
+      proc.wait(timeout=60)
+    for log in self.logs:
+      log.close()
+
+
+def service_table(image_set: ImageSet, root: str, blocks: int, cores: int) -> str:
+  """(f): blocks alternate among the local pipeline and the services with 1 and 2
+  workers; each block a fresh iterator (for the service: a new job), WARMUP_STEPS
+  untimed steps, then --service_steps timed."""
+  train_step = build_train_step(image_set.charset)
+  base = DataConfig(train_data=image_set.manifest, image_height=FLAGS.image_height,
+                    batch_size=FLAGS.batch_size)
+  buckets.bucket_widths(base, image_set.samples, modalities.get(base), base.batch_size)
+  services = {n: LocalService(n, root) for n in (1, 2)}
+  load_before = os.getloadavg()
+  feeds = {0: (base, None)}
+  feeds.update({n: (dataclasses.replace(base, data_service=svc.address), 0)
+                for n, svc in services.items()})
+  totals = {n: {"seconds": 0.0, "wait": 0.0, "examples": 0, "cpu": 0.0,
+                "served": 0} for n in feeds}
+  steps = FLAGS.service_steps
+  try:
+    for _ in range(blocks):
+      for n, (cfg, start) in feeds.items():
+        cpu = services[n].worker_cpu() if n else 0.0
+        batches = iter(pipeline.make_dataset(cfg, image_set.charset, "train",
+                                             samples=image_set.samples,
+                                             start_position=start))
+        for _ in range(WARMUP_STEPS):
+          train_step(_without_position(next(batches)))
+        highest = -1
+        wait, begin = 0.0, time.time()
+        for _ in range(steps):
+          before = time.time()
+          batch = next(batches)
+          wait += time.time() - before
+          if "position" in batch:
+            highest = max(highest, int(tf.reduce_max(batch["position"])))
+          out = train_step(_without_position(batch))
+        float(out["loss_sum"])
+        total = totals[n]
+        total["seconds"] += time.time() - begin
+        total["wait"] += wait
+        total["examples"] += steps * FLAGS.batch_size
+        if n:
+          del batches   # ends the job, so its workers stop producing
+          # Every block starts at position 0: the workers made at least
+          # positions 0..highest for it (warm-up included). Read-ahead they made
+          # but the block did not take counts in the CPU only, so this errs high.
+          total["cpu"] += services[n].worker_cpu() - cpu
+          total["served"] += highest + 1
+  finally:
+    for svc in services.values():
+      svc.stop()
+  load_after = os.getloadavg()
+  rows = ["| feed | examples/s | vs local | input wait | worker CPU ms / example |",
+          "|---|---:|---:|---:|---:|"]
+  local_rate = totals[0]["examples"] / totals[0]["seconds"]
+  for n, total in totals.items():
+    rate = total["examples"] / total["seconds"]
+    cpu = (f"{1000 * total['cpu'] / total['served']:.2f}" if n else "(in the trainer)")
+    name = f"data service, {n} worker{'s' if n > 1 else ''}" if n else (
+        "local pipeline (0 workers)")
+    rows.append(f"| {name} "
+                f"| {rate:.1f} | {rate / local_rate:.2f} | "
+                f"{100 * total['wait'] / total['seconds']:.1f}% | {cpu} |")
+    logging.info("service %d: %s", n, total)
+  return (f"### (f) Demo-model training on captchas through the tf.data service\n\n"
+          f"{cores} cores; load average {load_before[0]:.1f} before, "
+          f"{load_after[0]:.1f} after; {blocks} blocks of {steps} steps per feed, "
+          f"alternating\n\n" + "\n".join(rows))
+
+
+def _without_position(batch):
+  return {k: v for k, v in batch.items() if k != "position"}
 
 
 def rss_table(root: str) -> str:

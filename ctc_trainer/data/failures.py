@@ -45,9 +45,13 @@ def bad_decode(modality_name: str) -> str:
 
 def decode(source, modality, cfg: DataConfig, charset, shuffle_and_repeat: bool,
            input_context, keep_encoded: bool = False,
-           named: bool = False) -> tf.data.Dataset:
+           named: bool = False, start: Optional[int] = None) -> tf.data.Dataset:
   """The source's examples, decoded in parallel and in order -> {inputs, input_length,
   text, key} (+ encoded, the bytes decoded, with keep_encoded).
+
+  start: read the training stream by position from `start` (a ListedSource's
+  positioned_examples, which replaces shuffle_and_repeat); the examples carry their
+  `position` too.
 
   A sample that fails to read or decode is dropped and named as it happens (see
   guarded_map): a warning (policy 'skip') or an error. Except under policy 'error'
@@ -58,20 +62,26 @@ def decode(source, modality, cfg: DataConfig, charset, shuffle_and_repeat: bool,
   path, paid only when the run has already failed).
   """
   skip = cfg.bad_sample_policy == "skip"
+  if start is None:
+    examples_of = lambda read: source.examples(cfg, charset, shuffle_and_repeat,
+                                               input_context, read=read)
+  else:
+    examples_of = lambda read: source.positioned_examples(cfg, start, input_context,
+                                                          read=read)
 
   def example(x, encoded):
     inputs, length = modality.decode(encoded)
     out = {"inputs": inputs, "input_length": length, "text": x["text"], "key": x["key"]}
+    if "position" in x:
+      out["position"] = x["position"]
     return dict(out, encoded=encoded) if keep_encoded else out
 
   if not (named or skip or modality.names_every_failure):
-    examples = source.examples(cfg, charset, shuffle_and_repeat, input_context,
-                               read=True)
+    examples = examples_of(True)
     decoded = examples.map(lambda x: example(x, x["data"]), num_parallel_calls=AUTOTUNE)
   else:
     # Read inside the guarded map, so that a file that cannot be read is named too.
-    examples = source.examples(cfg, charset, shuffle_and_repeat, input_context,
-                               read=False)
+    examples = examples_of(False)
     decoded = guarded_map(
         examples, lambda x: example(x, source.read(x["data"])),
         name_of=lambda x: x["name"], failure=bad_decode(modality.name),

@@ -30,7 +30,7 @@ import tensorflow as tf
 
 from ctc_trainer.charset import Charset
 from ctc_trainer.config import DataConfig
-from ctc_trainer.data import buckets, failures, memory, modalities, sources
+from ctc_trainer.data import buckets, failures, memory, modalities, service, sources
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -63,7 +63,8 @@ def batch_signature(channels: int, height: int,
 def make_dataset(cfg: DataConfig, charset: Charset, split: str,
                  input_context: Optional[tf.distribute.InputContext] = None,
                  samples: Optional[sources.Source] = None, limit: int = 0,
-                 keep_encoded: bool = False) -> tf.data.Dataset:
+                 keep_encoded: bool = False,
+                 start_position: Optional[int] = None) -> tf.data.Dataset:
   """Batches of the 'train' or 'eval' split, as the module docstring describes.
 
   train: sharded (with input_context), shuffled each epoch with cfg.seed, repeated
@@ -74,6 +75,13 @@ def make_dataset(cfg: DataConfig, charset: Charset, split: str,
   which reorders examples within the shuffle/file order. `samples` defaults to
   sources.load_samples(cfg, split, charset). limit > 0: only the first `limit`
   examples that decode. keep_encoded: batches carry `encoded` too.
+  start_position (train, listed samples): read the stream of epochs by position
+  from there (sources.base.ListedSource.positioned_examples: each epoch a seeded
+  permutation of the whole set, --shuffle_buffer unused) and give each batch a
+  `position` int64 [B]: what a run saves to resume without a checkpointable
+  iterator (under a distribution strategy, through the data service).
+  With cfg.data_service the training batches come from the tf.data service
+  (service.py); eval is always read here.
   """
   if split not in ("train", "eval"):
     raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
@@ -91,8 +99,13 @@ def make_dataset(cfg: DataConfig, charset: Charset, split: str,
   # Shuffle and repeat cheap items (paths, encoded records) before decoding; or,
   # with cache_decoded, decode the set once into memory and shuffle indices into it.
   in_memory = training and cfg.cache_decoded
+  if start_position is not None and (not training or in_memory or not hasattr(
+      samples, "positioned_examples")):
+    raise ValueError("start_position needs the training split of listed samples, "
+                     "without cache_decoded")
   ds = failures.decode(samples, modality, cfg, charset, training and not in_memory,
-                       None if in_memory else input_context, keep_encoded=keep_encoded)
+                       None if in_memory else input_context, keep_encoded=keep_encoded,
+                       start=start_position)
   if limit > 0:
     ds = ds.take(limit)
   if in_memory:
@@ -104,7 +117,15 @@ def make_dataset(cfg: DataConfig, charset: Charset, split: str,
   widths = buckets.bucket_widths(cfg, samples, modality, batch_size, split)
   ds = buckets.batch(ds, batch_size, widths, drop_remainder=training)
   ds = ds.map(lambda batch: _add_labels(batch, charset), num_parallel_calls=AUTOTUNE)
-  return ds.prefetch(AUTOTUNE).with_options(dataset_options(cfg))
+  ds = ds.prefetch(AUTOTUNE).with_options(dataset_options(cfg))
+  if training and cfg.data_service:
+    ds = service.distribute(ds, cfg)
+  if training and (start_position is not None or cfg.data_service):
+    # The stream by position (and what the service sends) never ends, but neither
+    # has a static infinite cardinality; said here, so that a multi-worker
+    # distributed iterator does not all-reduce "is there a next batch?" every step.
+    ds = ds.apply(tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY))
+  return ds
 
 
 def _load(examples: tf.data.Dataset, samples: sources.Source, modality,

@@ -124,6 +124,34 @@ class ListedSource(Source):
   def read(self, data):
     return tf.io.read_file(data)
 
+  def positioned_examples(self, cfg, start: int, input_context, read=True):
+    """Raw examples as `examples` gives them for training, plus `position` (int64):
+    each example's place in the endless stream of epochs, each epoch a seeded
+    permutation of the whole set (epoch = position // count). Position p is sample
+    index_shuffle(p % count, seed (cfg.seed, epoch)), a function of p alone, so a
+    stream that starts at `start` continues another exactly, without replaying it.
+    With an input_context, pipeline i of n reads positions start, start + n, ...
+    (start is its own next position). The stream is a Dataset.range, which the
+    tf.data service can split among its workers (dynamic sharding)."""
+    count = len(self.samples)
+    paths, texts = tf.constant(self.paths), tf.constant(self.texts)
+    step = input_context.num_input_pipelines if input_context is not None else 1
+    seed = tf.constant(cfg.seed, tf.int64)
+
+    def example(position):
+      epoch, slot = position // count, position % count
+      index = tf.random.experimental.index_shuffle(
+          slot, tf.stack([seed, epoch]), max_index=count - 1)
+      path = tf.gather(paths, index)
+      return {"data": path, "text": tf.gather(texts, index), "key": path,
+              "name": path, "position": position}
+
+    ds = tf.data.Dataset.range(start, 2**62, step).map(example)
+    if not read:
+      return ds
+    return ds.map(lambda x: dict(x, data=tf.io.read_file(x["data"])),
+                  num_parallel_calls=_CONCURRENT_READS)
+
   def label_texts(self) -> Iterator[str]:
     return (s.text for s in self.samples)
 
