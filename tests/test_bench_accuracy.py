@@ -20,14 +20,21 @@ LOG = [
            "val_CER: 0.8731 - val_loss: 98.1000"),
     (99.0, "INFO     2026-12-03 04:46:20,000 tfaip.trainer.callbacks.logger_callback: "
            "Results of epoch    2 CER: 0.8000 - loss: 90.0000 - lr: 0.0010"),
+    (118.0, "INFO     2026-12-03 04:46:39,000 tfaip.trainer.callbacks.earlys: "
+            "Better value of val_CER found. Old = 0.8731, Best = 0.3502"),
     (130.25, "INFO     2026-12-03 04:46:51,200 tfaip.trainer.callbacks.logger_callback: "
              "Results of epoch   13 CER: 0.4100 - loss: 40.0000 - val_CER: 0.3502"),
-    (131.0, "INFO     tfaip...: Better value of val_CER found. Old = 0.8731, Best = 0.3502"),
+    (150.0, "INFO     2026-12-03 04:47:11,000 tfaip.trainer.callbacks.earlys: "
+            "No better value of val_CER = 0.4 found. Keeping best = 0.3502"),
+    (151.0, "INFO     2026-12-03 04:47:12,000 tfaip.trainer.callbacks.logger_callback: "
+            "Results of epoch   14 CER: 0.4000 - loss: 39.0000 - val_CER: 0.4000"),
 ]
 
 
 def test_calamari_curve_reads_val_cer_of_each_validated_epoch():
-  assert benchlib.calamari_curve(LOG) == [(70.5, 1, 0.8731), (130.25, 13, 0.3502)]
+  # Epoch 1 has no verdict line: its Results line's time; the others: their verdict's.
+  assert benchlib.calamari_curve(LOG) == [(70.5, 1, 0.8731), (118.0, 13, 0.3502),
+                                          (150.0, 14, 0.4)]
 
 
 def test_calamari_curve_of_a_log_without_epochs_is_empty():

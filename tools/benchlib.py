@@ -103,17 +103,27 @@ def evaluate(workdir: str, *flags: str, which: str = "latest", nice: int = 10) -
 
 
 _EPOCH_LINE = re.compile(r"Results of epoch\s+(\d+)\b.*?\bval_CER: ([0-9.eE+-]+)")
+_VERDICT_LINE = re.compile(r"(Better value|No better value) of val_CER")
 
 
 def calamari_curve(stamped_lines: Sequence[Tuple[float, str]]) -> List[Tuple[float, int, float]]:
   """(seconds, line) pairs of calamari-train's output -> (seconds, epoch, val_CER) for
   each "Results of epoch N ... val_CER: X" line (epochs without validation have no
-  val_CER and are left out)."""
+  val_CER and are left out). The seconds are those of the epoch's early-stopping
+  verdict line ("Better value of val_CER found" / "No better value of val_CER"),
+  logged as soon as the validation ends, when there is one: the Results line
+  comes only after the new best model has been exported, a minute later or more."""
   curve = []
+  verdict_at = None
   for seconds, line in stamped_lines:
+    if _VERDICT_LINE.search(line):
+      verdict_at = seconds
+      continue
     match = _EPOCH_LINE.search(line)
     if match:
-      curve.append((seconds, int(match.group(1)), float(match.group(2))))
+      curve.append((seconds if verdict_at is None else verdict_at,
+                    int(match.group(1)), float(match.group(2))))
+      verdict_at = None
   return curve
 
 
