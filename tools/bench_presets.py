@@ -29,7 +29,6 @@ import tempfile
 from absl import app, flags
 
 import benchlib
-from ctc_trainer.charset import Charset
 
 flags.DEFINE_list("configs", ["tools/baselines/base_ocr_2026-12-02.cfg",
                               "configs/base_ocr.cfg"], "Flagfiles to compare.")
@@ -71,9 +70,7 @@ def write_charset(data_dir: str, path: str) -> int:
       if name.endswith(".gt.txt"):
         with open(os.path.join(folder, name), encoding="utf-8") as f:
           texts.append(f.read().rstrip("\r\n"))
-  charset = Charset.from_texts(texts)
-  charset.save(path)
-  return charset.size
+  return benchlib.write_charset(path, texts)
 
 
 def summarize(workdir: str) -> dict:

@@ -1,17 +1,19 @@
 """What the accuracy benchmarks share: gt4histcomment's sidecar folders read as
 labelled lines, training runs started as a user starts them and stopped by the clock
-(SIGTERM: the run saves a checkpoint), and `ctc_trainer.evaluate --json`.
+(SIGTERM: the run saves a checkpoint), `ctc_trainer.evaluate --json`, and the
+CER-against-time curve of Calamari's training log (bench_accuracy).
 
 The tools import it as `benchlib` (a script's own folder is first on sys.path).
 """
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
-from typing import Callable, Iterator, List, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GT4HISTCOMMENT = os.path.join(REPO, "..", "shared", "data", "gt4histcomment")
@@ -40,6 +42,16 @@ def write_manifest(path: str, rows: Sequence[Tuple[str, str]]) -> str:
   with open(path, "w", encoding="utf-8") as f:
     f.writelines(f"{os.path.abspath(p)}\t{t}\n" for p, t in rows)
   return path
+
+
+def write_charset(path: str, texts: Sequence[str]) -> int:
+  """Every character of `texts` -> a charset file at `path` (for --charset); returns its
+  size. Given the eval labels too, a character only the eval set has counts as an
+  error instead of stopping the run."""
+  from ctc_trainer.charset import Charset
+  charset = Charset.from_texts(list(texts))
+  charset.save(path)
+  return charset.size
 
 
 def _child_env() -> dict:
@@ -74,6 +86,7 @@ def train_for(workdir: str, flags: Sequence[str], minutes: float, nice: int = 10
     if proc.returncode not in (0, 128 + signal.SIGTERM, -signal.SIGTERM):
       raise RuntimeError(f"training {workdir} failed ({proc.returncode}); see {log.name}")
     return time.time() - started
+  finish.started = started  # the run's start, for curves measured from it
   return finish
 
 
@@ -87,3 +100,34 @@ def evaluate(workdir: str, *flags: str, which: str = "latest", nice: int = 10) -
   if out.returncode:
     return {"error": (out.stderr.strip().splitlines() or ["?"])[-1]}
   return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+_EPOCH_LINE = re.compile(r"Results of epoch\s+(\d+)\b.*?\bval_CER: ([0-9.eE+-]+)")
+_VERDICT_LINE = re.compile(r"(Better value|No better value) of val_CER")
+
+
+def calamari_curve(stamped_lines: Sequence[Tuple[float, str]]) -> List[Tuple[float, int, float]]:
+  """(seconds, line) pairs of calamari-train's output -> (seconds, epoch, val_CER) for
+  each "Results of epoch N ... val_CER: X" line (epochs without validation have no
+  val_CER and are left out). The seconds are those of the epoch's early-stopping
+  verdict line ("Better value of val_CER found" / "No better value of val_CER"),
+  logged as soon as the validation ends, when there is one: the Results line
+  comes only after the new best model has been exported, a minute later or more."""
+  curve = []
+  verdict_at = None
+  for seconds, line in stamped_lines:
+    if _VERDICT_LINE.search(line):
+      verdict_at = seconds
+      continue
+    match = _EPOCH_LINE.search(line)
+    if match:
+      curve.append((seconds if verdict_at is None else verdict_at,
+                    int(match.group(1)), float(match.group(2))))
+      verdict_at = None
+  return curve
+
+
+def first_reaching(curve: Sequence[Tuple[float, float]], target: float) -> Optional[float]:
+  """(seconds, CER) points in time order -> the seconds of the first with CER <=
+  target; None if none."""
+  return next((t for t, cer in curve if cer <= target), None)

@@ -1,0 +1,48 @@
+"""tools/bench_accuracy.py's pure parts (in tools/benchlib.py): Calamari's training log
+read as a CER curve, and the first time a curve reaches a target CER. No Calamari
+needed."""
+
+import sys
+
+from tests.helpers import REPO
+
+sys.path.insert(0, str(REPO / "tools"))
+import benchlib  # noqa: E402
+
+
+# The shape of tfaip's LoggerCallback lines (calamari-train 2.3.1); the second epoch
+# has no validation, so no val_CER.
+LOG = [
+    (12.0, "INFO     2026-12-03 04:44:53,188 tfaip.trainer.callbacks.logger_callback: "
+           "Start of epoch    1"),
+    (70.5, "INFO     2026-12-03 04:45:51,010 tfaip.trainer.callbacks.logger_callback: "
+           "Results of epoch    1 CER: 0.9512 - loss: 120.3000 - lr: 0.0010 - "
+           "val_CER: 0.8731 - val_loss: 98.1000"),
+    (99.0, "INFO     2026-12-03 04:46:20,000 tfaip.trainer.callbacks.logger_callback: "
+           "Results of epoch    2 CER: 0.8000 - loss: 90.0000 - lr: 0.0010"),
+    (118.0, "INFO     2026-12-03 04:46:39,000 tfaip.trainer.callbacks.earlys: "
+            "Better value of val_CER found. Old = 0.8731, Best = 0.3502"),
+    (130.25, "INFO     2026-12-03 04:46:51,200 tfaip.trainer.callbacks.logger_callback: "
+             "Results of epoch   13 CER: 0.4100 - loss: 40.0000 - val_CER: 0.3502"),
+    (150.0, "INFO     2026-12-03 04:47:11,000 tfaip.trainer.callbacks.earlys: "
+            "No better value of val_CER = 0.4 found. Keeping best = 0.3502"),
+    (151.0, "INFO     2026-12-03 04:47:12,000 tfaip.trainer.callbacks.logger_callback: "
+            "Results of epoch   14 CER: 0.4000 - loss: 39.0000 - val_CER: 0.4000"),
+]
+
+
+def test_calamari_curve_reads_val_cer_of_each_validated_epoch():
+  # Epoch 1 has no verdict line: its Results line's time; the others: their verdict's.
+  assert benchlib.calamari_curve(LOG) == [(70.5, 1, 0.8731), (118.0, 13, 0.3502),
+                                          (150.0, 14, 0.4)]
+
+
+def test_calamari_curve_of_a_log_without_epochs_is_empty():
+  assert benchlib.calamari_curve(LOG[:1]) == []
+
+
+def test_first_reaching_is_the_first_point_at_or_below_the_target():
+  curve = [(10.0, 0.9), (20.0, 0.3), (30.0, 0.5), (40.0, 0.2)]
+  assert benchlib.first_reaching(curve, 0.3) == 20.0
+  assert benchlib.first_reaching(curve, 0.25) == 40.0
+  assert benchlib.first_reaching(curve, 0.1) is None
