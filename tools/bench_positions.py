@@ -103,6 +103,24 @@ def _matches(truth: str, prediction: str) -> List[Tuple[int, int]]:
   return pairs
 
 
+def _count_hits(names, truths, results, decoders, judge) -> Dict[str, Hits]:
+  """Per decoder: each correctly read character of each line, judged by
+  judge(name, truth index, its chars entry) -> (inside, inside_tight)."""
+  found = {}
+  for decoder in decoders:
+    hits = found[decoder] = Hits()
+    for name, result in zip(names, results[decoder]):
+      if result.error is not None:
+        raise RuntimeError(f"{name}: {result.error}")
+      hits.truth_chars += len(truths[name])
+      for i, j in _matches(truths[name], result.text):
+        inside, inside_tight = judge(name, i, result.chars[j])
+        hits.matched += 1
+        hits.inside += inside
+        hits.inside_tight += inside_tight
+  return found
+
+
 def glyph_box_hits(workdir: str, folder: str,
                    decoders: Sequence[str] = ("greedy",)) -> Dict[str, Hits]:
   """--positions_task=synthetic: decoded character centres against their glyph
@@ -120,21 +138,11 @@ def glyph_box_hits(workdir: str, folder: str,
       width, h = im.size
     resized = int(image.resized_width(h, width, height, max_width))
     slack[name] = run.model.stride * width / resized   # one frame, in original px
-  found = {}
-  for decoder in decoders:
-    hits = found[decoder] = Hits()
-    for name, result in zip(names, results[decoder]):
-      if result.error is not None:
-        raise RuntimeError(f"{name}: {result.error}")
-      hits.truth_chars += len(truths[name])
-      for i, j in _matches(truths[name], result.text):
-        char = result.chars[j]
-        centre = (char["start"] + char["end"]) / 2
-        x0, x1 = boxes[name][i]
-        hits.matched += 1
-        hits.inside += x0 - slack[name] <= centre <= x1 + slack[name]
-        hits.inside_tight += x0 <= centre <= x1
-  return found
+  def judge(name, i, char):
+    centre = (char["start"] + char["end"]) / 2
+    x0, x1 = boxes[name][i]
+    return x0 - slack[name] <= centre <= x1 + slack[name], x0 <= centre <= x1
+  return _count_hits(names, truths, results, decoders, judge)
 
 
 def digit_span_hits(workdir: str, folder: str, decoders: Sequence[str] = ("greedy",),
@@ -146,21 +154,11 @@ def digit_span_hits(workdir: str, folder: str, decoders: Sequence[str] = ("greed
   truths = _read_manifest(folder)
   names = sorted(truths)
   _, results = _transcriptions(workdir, folder, names, decoders)
-  found = {}
-  for decoder in decoders:
-    hits = found[decoder] = Hits()
-    for name, result in zip(names, results[decoder]):
-      if result.error is not None:
-        raise RuntimeError(f"{name}: {result.error}")
-      hits.truth_chars += len(truths[name])
-      for i, j in _matches(truths[name], result.text):
-        char = result.chars[j]
-        start, end = spans[name]["spans_ms"][i]
-        hits.matched += 1
-        hits.inside += (start - tolerance_ms <= char["start"]
-                        and char["end"] <= end + tolerance_ms)
-        hits.inside_tight += start <= (char["start"] + char["end"]) / 2 <= end
-  return found
+  def judge(name, i, char):
+    start, end = spans[name]["spans_ms"][i]
+    return (start - tolerance_ms <= char["start"] and char["end"] <= end + tolerance_ms,
+            start <= (char["start"] + char["end"]) / 2 <= end)
+  return _count_hits(names, truths, results, decoders, judge)
 
 
 def main(argv):
