@@ -85,8 +85,9 @@ INPUT_ERRORS = (tf.errors.InvalidArgumentError, host.InputError)
 class ServingModule(tf.Module):
   """Image bytes (or preprocessed inputs) in, transcriptions by one decoder out.
 
-  `serve_bytes`, `serve_features` and `preprocess` are tf.functions with input
-  signatures, traced once each; `signatures()` names the first two for the SavedModel.
+  `serve_bytes`, `serve_features`, `serve_logits` and `preprocess` are tf.functions
+  with input signatures, traced once each; `signatures()` names the first three for the
+  SavedModel (serving_default, features, logits).
   """
 
   def __init__(self, model, charset: Charset, data_cfg: DataConfig, beam_width: int,
@@ -126,10 +127,16 @@ class ServingModule(tf.Module):
     self.charset_symbols = tf.Variable(list(charset.symbols), trainable=False,
                                        name="charset_symbols")
     bytes_spec = tf.TensorSpec([None], tf.string, name="encoded")
-    self.serve_logits = tf.function(self._serve_logits, input_signature=[bytes_spec])
-    self.preprocess = tf.function(self._preprocess, input_signature=[bytes_spec])
-    self.serve_bytes = tf.function(self._serve_bytes, input_signature=[bytes_spec])
-    self.serve_features = tf.function(self._serve_features, input_signature=[
+    # No AutoGraph (as in steps.py): control flow here is tf.cond and tf.while_loop
+    # already, so converting the code would only cost tracing time.
+    self.serve_logits = tf.function(self._serve_logits, input_signature=[bytes_spec],
+                                    autograph=False)
+    self.preprocess = tf.function(self._preprocess, input_signature=[bytes_spec],
+                                  autograph=False)
+    self.serve_bytes = tf.function(self._serve_bytes, input_signature=[bytes_spec],
+                                   autograph=False)
+    self.serve_features = tf.function(self._serve_features, autograph=False,
+                                      input_signature=[
         tf.TensorSpec([None, *pipeline.input_shape(data_cfg)], tf.float32,
                       name="inputs"),
         tf.TensorSpec([None], tf.int32, name="input_length")])
@@ -143,10 +150,12 @@ class ServingModule(tf.Module):
     return cls(run.model, run.charset, cfg.data, cfg.loop.beam_width, top_k,
                input_scale, decoder=decoders.served(cfg.loop.decoder))
 
-  def signatures(self) -> Dict[str, tf.types.experimental.ConcreteFunction]:
-    return {"serving_default": self.serve_bytes.get_concrete_function(),
-            "features": self.serve_features.get_concrete_function(),
-            "logits": self.serve_logits.get_concrete_function()}
+  def signatures(self) -> Dict[str, tf.types.experimental.PolymorphicFunction]:
+    """The SavedModel's signatures. The functions themselves, not concrete functions:
+    tf.saved_model.save traces each in its save context, and one traced outside it
+    would be traced there again."""
+    return {"serving_default": self.serve_bytes, "features": self.serve_features,
+            "logits": self.serve_logits}
 
   def _serve_logits(self, encoded):
     """Encoded files string [B] -> {logits float32 [B, T, C], logit_length [B]}."""

@@ -240,7 +240,7 @@ def char_detail_fn(run: loop.Run, modality: Modality):
   spec = tf.TensorSpec([None, *modality.example_shape], tf.float32)
 
   @tf.function(input_signature=[spec, tf.TensorSpec([None], tf.int32),
-                                tf.TensorSpec([None], tf.string)])
+                                tf.TensorSpec([None], tf.string)], autograph=False)
   def detail(inputs, input_length, predictions):
     logits = model(inputs, input_length=input_length, training=False)
     spans = positions.char_spans(logits, model.output_length(input_length),

@@ -148,7 +148,7 @@ def make_step_fns(model, optimizer, charset: Charset, strategy: tf.distribute.St
 
     if jit_compile:
       # XLA compiles once per input shape: pair it with length bucketing.
-      loss_and_grads = tf.function(loss_and_grads, jit_compile=True)
+      loss_and_grads = tf.function(loss_and_grads, jit_compile=True, autograph=False)
 
     def train_replica(batch):
       loss, feasible, grads = loss_and_grads(batch["inputs"], batch["input_length"],
@@ -179,7 +179,10 @@ def make_step_fns(model, optimizer, charset: Charset, strategy: tf.distribute.St
           "nonfinite_keys": tf.cond(bad, lambda: batch["key"], lambda: no_keys),
       }
 
-    @tf.function(input_signature=[element_spec])
+    # No AutoGraph in the step functions: their control flow is tf.cond and the
+    # models' tf.while_loops already; converting the code cost about 3 s of each
+    # process's first trace (docs/architecture.md).
+    @tf.function(input_signature=[element_spec], autograph=False)
     def train_step(batch):
       grads, bad, out = strategy.run(train_replica, args=(batch,))
       local = lambda v: strategy.experimental_local_results(v)
@@ -232,7 +235,7 @@ def make_step_fns(model, optimizer, charset: Charset, strategy: tf.distribute.St
               HOST_TEXT: batch["text"]}
     return sums, samples, host
 
-  @tf.function(input_signature=[element_spec])
+  @tf.function(input_signature=[element_spec], autograph=False)
   def eval_step(batch):
     sums, samples, host = strategy.run(eval_replica, args=(batch,))
     local = strategy.experimental_local_results

@@ -232,6 +232,7 @@ def augment_dataset(ds: tf.data.Dataset, cfg: AudioConfig, seed: int) -> tf.data
   if not augments(cfg):
     return ds
 
+  @tf.autograph.experimental.do_not_convert   # graph code: see failures.decode
   def augment(index, x):
     key_hash = tf.strings.to_hash_bucket_fast(x["key"], 2 ** 31 - 1)
     element_seed = tf.stack([index, key_hash + seed])

@@ -69,6 +69,10 @@ def decode(source, modality, cfg: DataConfig, charset, shuffle_and_repeat: bool,
     examples_of = lambda read: source.positioned_examples(cfg, start, input_context,
                                                           read=read)
 
+  # Graph code throughout, as every map function of the pipeline's hot path: built
+  # without AutoGraph, which would convert its source (and its callees') each time
+  # a dataset is built (docs/architecture.md).
+  @tf.autograph.experimental.do_not_convert
   def example(x, encoded):
     inputs, length = modality.decode(encoded)
     out = {"inputs": inputs, "input_length": length, "text": x["text"], "key": x["key"]}
@@ -78,7 +82,8 @@ def decode(source, modality, cfg: DataConfig, charset, shuffle_and_repeat: bool,
 
   if not (named or skip or modality.names_every_failure):
     examples = examples_of(True)
-    decoded = examples.map(lambda x: example(x, x["data"]), num_parallel_calls=AUTOTUNE)
+    decoded = examples.map(tf.autograph.experimental.do_not_convert(
+        lambda x: example(x, x["data"])), num_parallel_calls=AUTOTUNE)
   else:
     # Read inside the guarded map, so that a file that cannot be read is named too.
     examples = examples_of(False)

@@ -87,6 +87,7 @@ def dataset(store: InMemory, shuffle_seed: Optional[int] = None,
   # The inverse of moving time to the front: axis 0 goes back to time_axis.
   back = list(range(1, store.time_axis + 1)) + [0] + list(range(store.time_axis + 1, rank))
 
+  @tf.autograph.experimental.do_not_convert   # graph code: see failures.decode
   def fetch(index):
     inputs = values[starts[index]:starts[index] + lengths[index]]
     return {"inputs": tf.transpose(inputs, back), "input_length": input_length[index],

@@ -116,7 +116,8 @@ def make_dataset(cfg: DataConfig, charset: Charset, split: str,
     ds = modality.augment(ds, cfg.seed)
   widths = buckets.bucket_widths(cfg, samples, modality, batch_size, split)
   ds = buckets.batch(ds, batch_size, widths, drop_remainder=training)
-  ds = ds.map(lambda batch: _add_labels(batch, charset), num_parallel_calls=AUTOTUNE)
+  ds = ds.map(tf.autograph.experimental.do_not_convert(
+      lambda batch: _add_labels(batch, charset)), num_parallel_calls=AUTOTUNE)
   ds = ds.prefetch(AUTOTUNE).with_options(dataset_options(cfg))
   if training and cfg.data_service:
     ds = service.distribute(ds, cfg)

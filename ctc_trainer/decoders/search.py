@@ -72,7 +72,7 @@ class HostSearch:
     self.scorer, self.beam_width, self.top_paths = scorer, beam_width, top_paths
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, num_classes], tf.float32),
-                                  tf.TensorSpec([None], tf.int32)])
+                                  tf.TensorSpec([None], tf.int32)], autograph=False)
     def prune(logits, logit_length):
       return beam_pruned.prune(logits, logit_length, min_classes=top_paths)
     self._prune = prune

@@ -34,6 +34,12 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 _EXAMPLES_LOGGED = 5
 _CONCURRENT_READS = 8   # files read at once: hides the disk's latency when uncached
 
+
+@tf.autograph.experimental.do_not_convert   # graph code: see failures.decode
+def _read_data(x):
+  """An example whose `data` is a path -> the same with the file's bytes."""
+  return dict(x, data=tf.io.read_file(x["data"]))
+
 Skips = List[Tuple[str, str, str]]   # (reason, message, path) of each dropped sample
 
 
@@ -118,8 +124,7 @@ class ListedSource(Source):
       ds = ds.repeat()
     if not read:
       return ds
-    return ds.map(lambda x: dict(x, data=tf.io.read_file(x["data"])),
-                  num_parallel_calls=_CONCURRENT_READS)
+    return ds.map(_read_data, num_parallel_calls=_CONCURRENT_READS)
 
   def read(self, data):
     return tf.io.read_file(data)
@@ -146,11 +151,11 @@ class ListedSource(Source):
       return {"data": path, "text": tf.gather(texts, index), "key": path,
               "name": path, "position": position}
 
-    ds = tf.data.Dataset.range(start, 2**62, step).map(example)
+    ds = tf.data.Dataset.range(start, 2**62, step).map(
+        tf.autograph.experimental.do_not_convert(example))
     if not read:
       return ds
-    return ds.map(lambda x: dict(x, data=tf.io.read_file(x["data"])),
-                  num_parallel_calls=_CONCURRENT_READS)
+    return ds.map(_read_data, num_parallel_calls=_CONCURRENT_READS)
 
   def label_texts(self) -> Iterator[str]:
     return (s.text for s in self.samples)
