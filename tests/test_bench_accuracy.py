@@ -1,8 +1,10 @@
-"""tools/bench_accuracy.py's pure parts (in tools/benchlib.py): Calamari's training log
-read as a CER curve, and the first time a curve reaches a target CER. No Calamari
-needed."""
+"""The accuracy benchmarks' pure parts (tools/benchlib.py): the gt4histcomment split
+and its small-set subsets, Calamari's training log read as a CER curve, and the first
+time a curve reaches a target CER. No Calamari needed."""
 
 import sys
+
+import pytest
 
 from tests.helpers import REPO
 
@@ -46,3 +48,38 @@ def test_first_reaching_is_the_first_point_at_or_below_the_target():
   assert benchlib.first_reaching(curve, 0.3) == 20.0
   assert benchlib.first_reaching(curve, 0.25) == 40.0
   assert benchlib.first_reaching(curve, 0.1) is None
+
+
+def _sidecar_set(root):
+  """Three 'commentaries' of sidecar pairs; one line of b has an empty transcript."""
+  for book, count in (("a", 5), ("b", 4), ("c", 3)):
+    (root / book).mkdir()
+    for i in range(count):
+      (root / book / f"{book}{i}.png").write_bytes(b"png")
+      text = "" if (book, i) == ("b", 2) else f"{book} line {i}\n"
+      (root / book / f"{book}{i}.gt.txt").write_text(text, encoding="utf-8")
+
+
+def test_split_lines_holds_out_the_eval_set_and_leaves_out_empty_lines(tmp_path):
+  _sidecar_set(tmp_path)
+  folders, train, evals = benchlib.split_lines(str(tmp_path), "c")
+  assert folders == ["a", "b"]
+  assert [t for _, t in train] == [f"a line {i}" for i in range(5)] + [
+      "b line 0", "b line 1", "b line 3"]
+  assert [t for _, t in evals] == ["c line 0", "c line 1", "c line 2"]
+  assert all(p.endswith(".png") for p, _ in train + evals)
+
+
+def test_split_lines_subset_is_seeded_and_drawn_from_the_training_lines(tmp_path):
+  _sidecar_set(tmp_path)
+  _, every, _ = benchlib.split_lines(str(tmp_path), "c")
+  _, subset, evals = benchlib.split_lines(str(tmp_path), "c", train_lines=4, seed=1)
+  assert len(subset) == 4 and set(subset) <= set(every) and subset == sorted(subset)
+  assert benchlib.split_lines(str(tmp_path), "c", train_lines=4, seed=1)[1] == subset
+  others = {tuple(benchlib.split_lines(str(tmp_path), "c", 4, seed)[1])
+            for seed in range(2, 8)}
+  assert len(others | {tuple(subset)}) > 1   # the seed draws
+  assert len(evals) == 3                     # the eval set is never subsampled
+  with pytest.raises(ValueError, match="9 training lines asked for; the training set "
+                     "has 8"):
+    benchlib.split_lines(str(tmp_path), "c", train_lines=9)

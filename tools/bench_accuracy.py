@@ -215,10 +215,7 @@ def main(argv):
   bin_dir = ensure_calamari(FLAGS.calamari_venv)
   root = FLAGS.keep or tempfile.mkdtemp(prefix="bench_accuracy-")
   try:
-    folders = benchlib.books(FLAGS.data_dir, leave_out=FLAGS.eval_set)
-    train_rows = [row for folder in folders
-                  for row in benchlib.labelled_lines(os.path.join(FLAGS.data_dir, folder))]
-    eval_rows = list(benchlib.labelled_lines(os.path.join(FLAGS.data_dir, FLAGS.eval_set)))
+    folders, train_rows, eval_rows = benchlib.split_lines(FLAGS.data_dir, FLAGS.eval_set)
     charset = os.path.join(root, "charset.txt")
     symbols = benchlib.write_charset(charset, [t for _, t in train_rows + eval_rows])
     data_flags = ["--data_format=tsv",

@@ -8,6 +8,7 @@ The tools import it as `benchlib` (a script's own folder is first on sys.path).
 
 import json
 import os
+import random
 import re
 import signal
 import subprocess
@@ -34,6 +35,23 @@ def books(data_dir: str, leave_out: str = "") -> List[str]:
   """The commentary folders of data_dir, sorted, but `leave_out`."""
   return sorted(b for b in os.listdir(data_dir)
                 if os.path.isdir(os.path.join(data_dir, b)) and b != leave_out)
+
+
+def split_lines(data_dir: str, eval_set: str, train_lines: int = 0, seed: int = 0
+                ) -> Tuple[List[str], List[Tuple[str, str]], List[Tuple[str, str]]]:
+  """gt4histcomment's split: the training lines are those of every folder of data_dir
+  but eval_set, the eval lines those of eval_set (labelled_lines: empty transcriptions
+  left out) -> (the training folders, training rows, eval rows). train_lines > 0:
+  a random `train_lines` of the training rows, drawn with `seed`, in name order."""
+  folders = books(data_dir, leave_out=eval_set)
+  train = [row for folder in folders
+           for row in labelled_lines(os.path.join(data_dir, folder))]
+  if train_lines:
+    if train_lines > len(train):
+      raise ValueError(f"{train_lines} training lines asked for; the training set "
+                       f"has {len(train)}")
+    train = sorted(random.Random(seed).sample(train, train_lines))
+  return folders, train, list(labelled_lines(os.path.join(data_dir, eval_set)))
 
 
 def write_manifest(path: str, rows: Sequence[Tuple[str, str]]) -> str:
