@@ -13,10 +13,18 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 from ctc_trainer import loop, train  # noqa: E402
 from tests.helpers import (BACKGROUND, TINY_FLAGS, TinyRun, kill_children,  # noqa: E402
                            load_tool, make_tiny_data, once, run_main, shared_root)
+
+# The tests' own processes run their graphs without TensorFlow's graph optimizer
+# (grappler): it rewrites each function on its first call, which is most of what a
+# test's tiny model costs (a first train step: 4.1 s with it, 2.6 s without), and
+# nothing a test asserts depends on it. Child processes (the CLIs, a SavedModel
+# loaded by TensorFlow alone, multi-worker runs) and every benchmark run with it on.
+tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
 
 # How long a worker waits for a job that another worker runs; each job's own child
 # processes time out before this.
@@ -85,7 +93,7 @@ def background_jobs(request, tmp_path_factory):
   except FileExistsError:
     yield {name: _Shared(shared / f"{name}.pickle") for name in wanted}
     return
-  executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+  executor = concurrent.futures.ThreadPoolExecutor(max_workers=2)
   futures = {name: executor.submit(_run_and_share, BACKGROUND[name],
                                    tmp_path_factory.mktemp(name), data_flags,
                                    shared / f"{name}.pickle") for name in wanted}

@@ -195,9 +195,9 @@ def run_process(*args, env=None, check=True, timeout=280) -> Ran:
 
 
 # Jobs of child processes that need nothing from this process but the tiny data set:
-# they start when the session does, one after another in one thread, and so run on
-# the core that the in-process tests leave idle. conftest.background_jobs starts the
-# jobs whose fixtures the selected tests use.
+# they start when the session does, two at a time, and so fill the time the
+# in-process tests leave idle while the tests that wait for them run last.
+# conftest.background_jobs starts the jobs whose fixtures the selected tests use.
 BACKGROUND: Dict[str, Callable] = {}
 
 

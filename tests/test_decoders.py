@@ -159,8 +159,7 @@ def test_serving_module_serves_the_configured_decoder():
   module = export.ServingModule(model, CHARSET, DataConfig(image_height=HEIGHT),
                                 beam_width=4, decoder="greedy")
   assert module.top_k == 1
-  served = module.signatures()["features"](inputs=batch["inputs"],
-                                           input_length=batch["input_length"])
+  served = module.serve_features(batch["inputs"], batch["input_length"])
   assert served["text"].numpy().tolist() == samples["greedy"].numpy().tolist()
   assert served["top_k_texts"].shape == (len(TEXTS), 1)
   logits = model(batch["inputs"], input_length=batch["input_length"], training=False)

@@ -18,7 +18,7 @@ from ctc_trainer.data import pipeline
 from ctc_trainer.decoders import DecoderConfig, lm, pattern, search
 from ctc_trainer.errors import ConfigError
 from tests.helpers import (CHARSET, HEIGHT, TINY_MODEL, load_tool, make_batch,
-                           run_main, run_process)
+                           run_main)
 
 CHARS = Charset(list("abco 1-"))
 LEXICON = ["ab", "ba", "aab", "c", "co-1"]
@@ -323,8 +323,7 @@ def test_predict_with_a_host_decoder_needs_its_settings(exported, tiny_run):
 
 def test_make_digit_sequences_speaks_words_with_pauses_between_them(tmp_path):
   """--words: labels are words of the file separated by spaces, and each word pause
-  is at least --word_gap_ms long (silence in the audio between the words' clips).
-  A child process: the tool's --format flag is another tool's too."""
+  is at least --word_gap_ms long (silence in the audio between the words' clips)."""
   source = tmp_path / "clips"
   source.mkdir()
   rng = np.random.default_rng(0)
@@ -337,10 +336,12 @@ def test_make_digit_sequences_speaks_words_with_pauses_between_them(tmp_path):
         w.writeframes((rng.uniform(0.2, 0.5, 160) * 32767).astype("<i2").tobytes())
   words = tmp_path / "words.txt"
   words.write_text("123\n4056\n789\n")
-  tool = "tools/make_digit_sequences.py"
-  run_process(tool, f"--source_dir={source}", f"--output_dir={tmp_path / 'out'}",
-              f"--words={words}", "--min_words=2", "--max_words=3", "--num_train=20",
-              "--num_eval=5", "--gap_ms=0,0", "--word_gap_ms=100,100")
+  ran = run_main(load_tool("make_digit_sequences").main, f"--source_dir={source}",
+                 f"--output_dir={tmp_path / 'out'}", f"--words={words}",
+                 "--min_words=2", "--max_words=3", "--num_train=20", "--num_eval=5",
+                 "--gap_ms=0,0", "--word_gap_ms=100,100",
+                 prog="tools/make_digit_sequences.py")
+  assert ran.code == 0, ran.err[-3000:]
   lines = (tmp_path / "out" / "train" / "manifest.tsv").read_text().splitlines()
   for line in lines:
     name, text = line.split("\t")

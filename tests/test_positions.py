@@ -244,7 +244,7 @@ POSITION_FLAGS = [
     "--data_format=synthetic", "--synthetic_train_size=1000",
     "--synthetic_eval_size=48", "--synthetic_min_length=2", "--synthetic_max_length=4",
     "--synthetic_alphabet=abcdefgh", "--image_height=16", "--conv_filters=16,32",
-    "--rnn_units=48", "--rnn_layers=1", "--dropout=0", "--batch_size=32",
+    "--rnn_units=48", "--rnn_layers=1", "--dropout=0", "--batch_size=16",
     "--eval_batch_size=48", "--log_every=100", "--eval_every=1000",
     "--checkpoint_every=1000", "--beam_width=4", "--learning_rate=5e-3",
     "--warmup_steps=30", "--train_steps=400", "--noaugment",

@@ -17,10 +17,9 @@ from ctc_trainer.charset import Charset
 from ctc_trainer.config import AudioConfig, Config, DataConfig, LoopConfig, OptimConfig
 from ctc_trainer.data import audio, pipeline, sources
 from ctc_trainer.models.speech import DS2Config
-from tests.helpers import run_process
+from tests.helpers import load_tool, run_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOL = os.path.join(ROOT, "tools", "make_digit_sequences.py")
 FSDD = os.path.join(ROOT, "..", "shared", "data", "fsdd", "recordings")
 RATE = 8000
 TINY_DS2 = DS2Config(conv_filters=(8, 8), rnn_units=16, rnn_layers=1, rnn_cell="gru",
@@ -96,9 +95,9 @@ def make_clips(folder, speakers=("ann", "bob"), indices=3):
 
 
 def run_tool(*args, check=True):
-  """tools/make_digit_sequences.py ARGS in a child process, as a user runs it (in
-  this process its --format flag would clash with the export tool's)."""
-  ran = run_process(TOOL, *args, check=False)
+  """tools/make_digit_sequences.py ARGS, its main run in this process."""
+  ran = run_main(load_tool("make_digit_sequences").main, *args,
+                 prog="tools/make_digit_sequences.py")
   if check and ran.code != 0:
     raise AssertionError(f"make_digit_sequences failed:\n{ran.err[-3000:]}")
   return ran
@@ -191,7 +190,7 @@ def test_tool_is_deterministic_and_splits_by_speaker(clips, digits, tmp_path):
 
 def test_tool_writes_tfrecords_the_pipeline_reads(clips, tmp_path):
   out = str(tmp_path / "records")
-  run_tool(f"--source_dir={clips}", f"--output_dir={out}", "--format=tfrecord",
+  run_tool(f"--source_dir={clips}", f"--output_dir={out}", "--output_format=tfrecord",
            "--num_shards=2", "--num_train=10", "--num_eval=6", "--eval_max_index=0")
   assert sorted(os.path.basename(p) for p in glob.glob(f"{out}/eval/*.tfrecord")) == [
       "eval-00000-of-00002.tfrecord", "eval-00001-of-00002.tfrecord"]
@@ -260,11 +259,17 @@ def test_train_evaluates_and_checkpoints_audio(trained):
 
 
 @pytest.fixture(scope="module")
-def evaluated(trained):
+def speech_trainer(trained):
+  """The run's latest checkpoint, restored in this process."""
+  return loop.restore_trained(trained[0], "latest")[0]
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained, speech_trainer):
   """The checkpoint's beam transcription of each eval WAV by the eval step: the
   strings that loop.evaluate, and so the evaluate CLI, scores -> {path: text}."""
   cfg, _ = trained
-  trainer, _ = loop.restore_trained(cfg, "latest")
+  trainer = speech_trainer
   texts = {}
   for batch in pipeline.make_dataset(cfg.data, trainer.charset, "eval"):
     _, decoded = trainer.step_fns.eval_step(batch)
@@ -273,12 +278,13 @@ def evaluated(trained):
   return texts
 
 
-def test_export_serves_wav_bytes_as_evaluation_decodes(trained, evaluated, tmp_path):
+def test_export_serves_wav_bytes_as_evaluation_decodes(trained, speech_trainer, evaluated,
+                                                      tmp_path):
   """The exported SavedModel, given WAV bytes, transcribes each eval utterance as the
   eval step did, so its CER is the one evaluation reported; the export's own parity
   gate agrees."""
   cfg, results = trained
-  trainer, _ = loop.restore_trained(cfg, "latest")
+  trainer = speech_trainer
   export.export(export.ServingModule.from_run(trainer), str(tmp_path))
   serve = export.serving_fn(export.load(str(tmp_path)))
   samples = sources.load_samples(cfg.data, "eval", trainer.charset)

@@ -3,7 +3,7 @@
   python tools/make_digit_sequences.py --source_dir=../shared/data/fsdd/recordings \
       --output_dir=/tmp/digits [--num_train=4000 --num_eval=500 --max_digits=5] \
       [--split=index | --split=speaker --eval_speakers=theo] [--noise_db=20] \
-      [--format=wav | --format=tfrecord]
+      [--output_format=wav | --output_format=tfrecord]
 
 The source folder holds 16-bit PCM WAVs named {digit}_{speaker}_{index}.wav, as the
 Free Spoken Digit Dataset does. Each utterance is one speaker saying --min_digits to
@@ -22,11 +22,13 @@ with index <= --eval_max_index in eval (FSDD's own test split is index 0-4), and
 --split=speaker puts the --eval_speakers in eval (unseen voices).
 
 Writes OUTPUT_DIR/train and OUTPUT_DIR/eval, each holding either
-  --format=wav       00000.wav ... and manifest.tsv ('00000.wav<TAB>4071'), read with
-                     --data_format=tsv --train_data=OUTPUT_DIR/train/manifest.tsv
-  --format=tfrecord  SPLIT-0000k-of-0000n.tfrecord shards (ctc_trainer/data/tfrecord.py,
-                     WAV bytes in `encoded`, samples in `frames`), read with
-                     --data_format=tfrecord --train_data='OUTPUT_DIR/train/*.tfrecord'
+  --output_format=wav       00000.wav ... and manifest.tsv ('00000.wav<TAB>4071'),
+                            read with --data_format=tsv
+                            --train_data=OUTPUT_DIR/train/manifest.tsv
+  --output_format=tfrecord  SPLIT-0000k-of-0000n.tfrecord shards
+                            (ctc_trainer/data/tfrecord.py, WAV bytes in `encoded`,
+                            samples in `frames`), read with --data_format=tfrecord
+                            --train_data='OUTPUT_DIR/train/*.tfrecord'
 plus clips.tsv (which recordings each utterance is made of), spans.jsonl (where each
 clip lies in its utterance: {"name", "text", "spans_ms": [[start, end], ...]}, one pair
 per digit, milliseconds from the start of the WAV) and OUTPUT_DIR/params.json.
@@ -75,9 +77,9 @@ flags.DEFINE_enum("split", "index", ("index", "speaker"), "How recordings are sp
 flags.DEFINE_integer("eval_max_index", 4, "--split=index: recordings with an index "
                      "up to this go to eval.", lower_bound=0)
 flags.DEFINE_list("eval_speakers", [], "--split=speaker: the speakers held out for eval.")
-flags.DEFINE_enum("format", "wav", ("wav", "tfrecord"), "WAV files and a manifest, or "
+flags.DEFINE_enum("output_format", "wav", ("wav", "tfrecord"), "WAV files and a manifest, or "
                   "TFRecord shards.")
-flags.DEFINE_integer("num_shards", 4, "--format=tfrecord: shards per split.",
+flags.DEFINE_integer("num_shards", 4, "--output_format=tfrecord: shards per split.",
                      lower_bound=1)
 flags.DEFINE_bool("overwrite", False, "Replace existing train/ and eval/ folders.")
 
@@ -328,7 +330,7 @@ def main(argv):
               "min_digits": fl.min_digits, "max_digits": fl.max_digits,
               "gap_ms": list(gap_ms), "words": fl.words, "min_words": fl.min_words,
               "max_words": fl.max_words, "word_gap_ms": list(word_gap_ms),
-              "noise_db": fl.noise_db, "format": fl.format,
+              "noise_db": fl.noise_db, "output_format": fl.output_format,
               "seed": fl.seed, "splits": {}}
     sample_rate = None
     for split, clips in parts.items():
@@ -339,7 +341,7 @@ def main(argv):
                             (fl.min_words, fl.max_words), word_gap_ms)
       staging = targets[split] + ".tmp"
       shutil.rmtree(staging, ignore_errors=True)
-      seconds = write_utterances(generator, split, counts[split], staging, fl.format,
+      seconds = write_utterances(generator, split, counts[split], staging, fl.output_format,
                                  fl.num_shards)
       sample_rate = generator.sample_rate
       shutil.rmtree(targets[split], ignore_errors=True)
