@@ -13,8 +13,9 @@ paths are taken from there). --configs names flagfiles to compare: each is read 
 top of the demo's flags, then the command line's flags again, and makes its own rows
 (its model and batch size; the data and the rest as given). Every variant trains a
 freshly built copy of its CRNN (ctc_trainer.models.build) on the same data: the
-first --num_batches batches of the training pipeline, decoded once, padded to one
-width and held in memory, so that the input pipeline costs nothing and no shape
+first --num_batches batches of the training pipeline (augmentation off), decoded
+once, padded to one width and held in memory, so that the input pipeline costs
+nothing, every config gets the same batches, and no shape
 changes between steps. The data is the demo's synthetic lines (a small set rendered
 into a temporary folder), or with --data_format and --train_data given on the
 command line, those files (e.g. real text lines; the charset from their labels).
@@ -91,10 +92,14 @@ FLAGS = flags.FLAGS
 # --- data ------------------------------------------------------------------------
 
 def in_memory_batches(cfg: config.Config, charset: Charset, num: int):
-  """-> (the first `num` batches of cfg.data's training pipeline, padded to one width
-  and label length and stacked along a new first axis; that width)."""
+  """-> (the first `num` batches of cfg.data's training pipeline without
+  augmentation, padded to one width and label length and stacked along a new first
+  axis; that width). Augmentation off: with it, configs that differ in nothing but
+  the model would get different batches (width jitter and padding move lines into
+  other length buckets), and the step is what is timed here."""
   samples = sources.load_samples(cfg.data, "train", charset)
-  dataset = pipeline.make_dataset(cfg.data, charset, "train", samples=samples)
+  dataset = pipeline.make_dataset(dataclasses.replace(cfg.data, augment=False), charset,
+                                  "train", samples=samples)
   batches = list(dataset.take(num))
   width = max(int(b["inputs"].shape[2]) for b in batches)
   label_len = max(int(b["labels"].shape[1]) for b in batches)
