@@ -24,7 +24,7 @@ from ctc_trainer.config import DataConfig
 from ctc_trainer.data import sources
 from tests.helpers import (TINY_FLAGS, background, child_env, run_main, run_process,
                            start_process)
-from tests.test_distribute import _free_ports, _run_workers
+from tests.test_distribute import _free_ports, _run_workers, assert_workers_agree
 
 SERVICE_TOOL = "tools/data_service.py"
 
@@ -137,13 +137,7 @@ def test_multi_worker_through_the_service_ends_with_equal_weights(service_runs):
   """The two trainers of that run end with equal weights, and each saved its own
   input position: trainer i of 2 reads positions i, i + 2, ..."""
   workdir, _, _ = service_runs["run"]
-  chief = tf.train.load_checkpoint(str(workdir / "checkpoints"))
-  other = tf.train.load_checkpoint(str(workdir / "workers" / "worker-1" / "checkpoints"))
-  names = [n for n, _ in tf.train.list_variables(str(workdir / "checkpoints"))
-           if n.startswith("model/")]
-  assert names and int(chief.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")) == 60
-  for name in names:
-    np.testing.assert_array_equal(chief.get_tensor(name), other.get_tensor(name))
+  chief, other = assert_workers_agree(workdir, 60)
   # 60 steps of 4 examples per trainer: at least up to 2 * 239 + i; more where the
   # lost service worker's share was skipped.
   key = "input_position/.ATTRIBUTES/VARIABLE_VALUE"

@@ -113,18 +113,25 @@ def _train_two_workers(root, data_flags):
   return root / "w", _run_workers(root / "w", data_flags, "--train_steps=4")
 
 
+def assert_workers_agree(workdir, step):
+  """A two-worker run's checkpoints (the chief's and worker 1's) are both at `step`
+  with equal model weights -> (the chief's, worker 1's) checkpoint readers."""
+  chief = tf.train.load_checkpoint(str(workdir / "checkpoints"))
+  other = tf.train.load_checkpoint(str(workdir / "workers" / "worker-1" / "checkpoints"))
+  names = [n for n, _ in tf.train.list_variables(str(workdir / "checkpoints"))
+           if n.startswith("model/")]
+  assert names and int(chief.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")) == step
+  for name in names:
+    np.testing.assert_array_equal(chief.get_tensor(name), other.get_tensor(name))
+  return chief, other
+
+
 @pytest.mark.slow
 def test_multi_worker_two_processes_end_with_equal_weights(workers_to_the_end):
   workdir, workers = workers_to_the_end
   for worker in workers:
     assert worker.code == 0, worker.err[-3000:]
-  chief = tf.train.load_checkpoint(str(workdir / "checkpoints"))
-  other = tf.train.load_checkpoint(str(workdir / "workers" / "worker-1" / "checkpoints"))
-  names = [n for n, _ in tf.train.list_variables(str(workdir / "checkpoints"))
-           if n.startswith("model/")]
-  assert names and int(chief.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")) == 4
-  for name in names:
-    np.testing.assert_array_equal(chief.get_tensor(name), other.get_tensor(name))
+  assert_workers_agree(workdir, 4)
   assert os.listdir(workdir / "train")  # the chief wrote summaries
 
 
