@@ -107,12 +107,6 @@ def _run_workers(workdir, data_flags, *extra, worker_env=(), tee=None):
   return [Ran(p.returncode, out, err) for p, (out, err) in zip(procs, outs)]
 
 
-@background("workers_to_the_end")
-def _train_two_workers(root, data_flags):
-  """-> (workdir, what each worker printed) of a 4-step two-worker run."""
-  return root / "w", _run_workers(root / "w", data_flags, "--train_steps=4")
-
-
 def assert_workers_agree(workdir, step):
   """A two-worker run's checkpoints (the chief's and worker 1's) are both at `step`
   with equal model weights -> (the chief's, worker 1's) checkpoint readers."""
@@ -126,32 +120,33 @@ def assert_workers_agree(workdir, step):
   return chief, other
 
 
-@pytest.mark.slow
-def test_multi_worker_two_processes_end_with_equal_weights(workers_to_the_end):
-  workdir, workers = workers_to_the_end
-  for worker in workers:
-    assert worker.code == 0, worker.err[-3000:]
-  assert_workers_agree(workdir, 4)
-  assert os.listdir(workdir / "train")  # the chief wrote summaries
-
-
 @background("killed_worker")
 def _kill_a_worker(root, data_flags):
-  """A long two-worker run whose worker 1 is SIGKILLed right after step 3 -> (what
-  each worker printed, seconds until both had ended)."""
+  """A long two-worker run that checkpoints at step 3, whose worker 1 is SIGKILLed
+  right after it -> (its workdir, what each worker printed, seconds until both had
+  ended). The data-service test runs two workers to their end."""
   start = time.time()
   workers = _run_workers(root / "w", data_flags, "--train_steps=100000",
                          "--worker_timeout_s=15", "--eval_every=100000",
-                         "--checkpoint_every=100000",
+                         "--checkpoint_every=3",
                          worker_env={train.KILL_AFTER_STEP: "3"})
-  return workers, time.time() - start
+  return root / "w", workers, time.time() - start
+
+
+@pytest.mark.slow
+def test_multi_worker_two_processes_checkpoint_equal_weights(killed_worker):
+  """Both workers saved step 3 (worker 1 in its own folder) with equal weights, and
+  the chief wrote the summaries."""
+  workdir, _, _ = killed_worker
+  assert_workers_agree(workdir, 3)
+  assert os.listdir(workdir / "train")
 
 
 @pytest.mark.slow
 def test_killed_worker_is_reported_not_a_hang(killed_worker):
   """The chief stops at step 4 with the message docs/reliability.md gives, not a
   traceback or a hang."""
-  (chief, worker), seconds = killed_worker
+  _, (chief, worker), seconds = killed_worker
   assert worker.code == -signal.SIGKILL
   assert chief.code == 2, chief.err[-3000:]
   assert ("error: lost contact with another worker during step 4: " in chief.err

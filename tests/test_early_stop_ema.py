@@ -13,7 +13,7 @@ from absl.testing import flagsaver
 
 from ctc_trainer import checkpoints, config, loop, models
 from ctc_trainer.data import sources
-from tests.helpers import CHARSET, HEIGHT, TINY_FLAGS, TINY_MODEL
+from tests.helpers import CHARSET, HEIGHT, TINY_FLAGS, TINY_MODEL, once
 
 
 def tiny_config(tiny_data, workdir, *extra) -> config.Config:
@@ -50,19 +50,21 @@ CERS = (0.5, 0.4, 0.45, 0.6, 0.7, 0.8, 0.9, 0.95)
 def stopped_early(tiny_data, tmp_path_factory):
   """A run evaluated every step by a hand-made eval (CERS) with patience 2 and a
   plateau cut of 0.5 after each evaluation without a better CER -> (cfg, the
-  steps the eval was called at)."""
-  cfg = tiny_config(tiny_data, tmp_path_factory.mktemp("early"), "--train_steps=30",
-                    "--eval_every=1", "--checkpoint_every=100", "--early_stop_patience=2",
-                    "--lr_plateau_factor=0.5", "--lr_plateau_patience=1")
-  called = []
+  steps the eval was called at). Run once per session."""
+  def make(folder):
+    cfg = tiny_config(tiny_data, folder, "--train_steps=30", "--eval_every=1",
+                      "--checkpoint_every=100", "--early_stop_patience=2",
+                      "--lr_plateau_factor=0.5", "--lr_plateau_patience=1")
+    called = []
 
-  def fake_eval(run, eval_samples, writer, step):
-    called.append(step)
-    return {"cer": CERS[len(called) - 1]}
+    def fake_eval(run, eval_samples, writer, step):
+      called.append(step)
+      return {"cer": CERS[len(called) - 1]}
 
-  with mock.patch.object(loop, "_eval_and_report", fake_eval):
-    loop.train_and_evaluate(cfg)
-  return cfg, called
+    with mock.patch.object(loop, "_eval_and_report", fake_eval):
+      loop.train_and_evaluate(cfg)
+    return cfg, called
+  return once(tmp_path_factory, "stopped_early", make)
 
 
 def test_early_stopping_stops_within_patience_of_the_best(stopped_early):
@@ -121,10 +123,12 @@ def test_a_cut_does_not_retrace_train_step(tiny_data, tmp_path, schedule):
 
 @pytest.fixture(scope="module")
 def ema_run(tiny_data, tmp_path_factory):
-  cfg = tiny_config(tiny_data, tmp_path_factory.mktemp("ema"), "--train_steps=6",
-                    "--ema_decay=0.9")
-  loop.train_and_evaluate(cfg)
-  return cfg
+  """The Config of a 6-step run with --ema_decay=0.9, trained once per session."""
+  def make(folder):
+    cfg = tiny_config(tiny_data, folder, "--train_steps=6", "--ema_decay=0.9")
+    loop.train_and_evaluate(cfg)
+    return cfg
+  return once(tmp_path_factory, "ema_run", make)
 
 
 def test_ema_eval_differs_from_raw_eval(ema_run):

@@ -13,7 +13,7 @@ import tensorflow as tf
 from ctc_trainer import export, metrics
 from ctc_trainer.errors import ConfigError
 from ctc_trainer.data import pipeline, sources
-from tests.helpers import load_tool, run_main, run_process
+from tests.helpers import load_tool, once, run_main, run_process
 
 
 def export_cli(*args):
@@ -75,10 +75,13 @@ LOAD_WITH_TF_ONLY = textwrap.dedent("""
 
 
 @pytest.fixture(scope="module")
-def loaded(tiny_run, exported):
-  paths = [p for p, _ in tiny_run.eval_images()]
-  ran = run_process("-c", LOAD_WITH_TF_ONLY, exported, *paths)
-  return json.loads(ran.out.strip().splitlines()[-1])
+def loaded(tiny_run, exported, tmp_path_factory):
+  """What LOAD_WITH_TF_ONLY printed, run once per session."""
+  def make(_):
+    paths = [p for p, _ in tiny_run.eval_images()]
+    ran = run_process("-c", LOAD_WITH_TF_ONLY, exported, *paths)
+    return json.loads(ran.out.strip().splitlines()[-1])
+  return once(tmp_path_factory, "loaded", make)
 
 
 def test_export_passed_the_gate_and_records_it(exported):

@@ -82,20 +82,23 @@ RUN_WITHOUT_TF = textwrap.dedent("""
 
 
 @pytest.fixture(scope="module")
-def served(tiny_run, exports):
-  """Each export run in its own child process (all at once) -> {format: its report}."""
-  paths = [p for p, _ in tiny_run.eval_images()]
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH="")
-  procs = {fmt: start_process("-c", RUN_WITHOUT_TF, exports[fmt], REPO, *paths,
-                              env=env, stdout=-1, stderr=-1) for fmt in FORMATS}
-  reports = {}
-  for fmt, proc in procs.items():
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err[-3000:]
-    report = json.loads(out.strip().splitlines()[-1])
-    report["texts"] = dict(zip(paths, report["texts"]))
-    reports[fmt] = report
-  return reports
+def served(tiny_run, exports, tmp_path_factory):
+  """Each export run in its own child process (all at once, once per session)
+  -> {format: its report}."""
+  def make(_):
+    paths = [p for p, _ in tiny_run.eval_images()]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH="")
+    procs = {fmt: start_process("-c", RUN_WITHOUT_TF, exports[fmt], REPO, *paths,
+                                env=env, stdout=-1, stderr=-1) for fmt in FORMATS}
+    reports = {}
+    for fmt, proc in procs.items():
+      out, err = proc.communicate(timeout=120)
+      assert proc.returncode == 0, err[-3000:]
+      report = json.loads(out.strip().splitlines()[-1])
+      report["texts"] = dict(zip(paths, report["texts"]))
+      reports[fmt] = report
+    return reports
+  return once(tmp_path_factory, "served", make)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

@@ -14,7 +14,7 @@ from PIL import Image
 from ctc_trainer import evaluate, metrics, report
 from ctc_trainer.config import DataConfig
 from ctc_trainer.data import modalities
-from tests.helpers import run_main
+from tests.helpers import once, run_main
 
 WORST = 3
 
@@ -35,12 +35,14 @@ def read_tsv(path):
 @pytest.fixture(scope="module")
 def reported(tiny_run, tmp_path_factory):
   """evaluate --report on the tiny run's best checkpoint -> (report folder, the
-  metrics it printed)."""
-  folder = tmp_path_factory.mktemp("report") / "out"
-  ran = evaluate_cli(f"--workdir={tiny_run.workdir}", "--checkpoint=best", "--json",
-                     f"--report={folder}", f"--report_worst={WORST}")
-  assert ran.code == 0, ran.err[-3000:]
-  return folder, json.loads(ran.out)
+  metrics it printed); run once per session."""
+  def make(made):
+    folder = made / "out"
+    ran = evaluate_cli(f"--workdir={tiny_run.workdir}", "--checkpoint=best", "--json",
+                       f"--report={folder}", f"--report_worst={WORST}")
+    assert ran.code == 0, ran.err[-3000:]
+    return folder, json.loads(ran.out)
+  return once(tmp_path_factory, "reported", make)
 
 
 def test_report_totals_equal_evaluate_metrics(tiny_run, reported):

@@ -17,7 +17,7 @@ from ctc_trainer.charset import Charset
 from ctc_trainer.config import AudioConfig, Config, DataConfig, LoopConfig, OptimConfig
 from ctc_trainer.data import audio, pipeline, sources
 from ctc_trainer.models.speech import DS2Config
-from tests.helpers import load_tool, run_main
+from tests.helpers import load_tool, once, run_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FSDD = os.path.join(ROOT, "..", "shared", "data", "fsdd", "recordings")
@@ -121,17 +121,20 @@ def read_clips(folder):
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
-  return make_clips(str(tmp_path_factory.mktemp("clips")))
+  return once(tmp_path_factory, "clips", lambda folder: make_clips(str(folder)))
 
 
 @pytest.fixture(scope="module")
 def digits(clips, tmp_path_factory):
-  """A generated set: 64 train and 16 eval utterances of 1-3 digits."""
-  out = str(tmp_path_factory.mktemp("digits"))
-  proc = run_tool(f"--source_dir={clips}", f"--output_dir={out}", "--num_train=64",
-                  "--num_eval=16", "--max_digits=3", "--gap_ms=20,60",
-                  "--eval_max_index=0", "--noise_db=30")
-  return out, proc
+  """A generated set: 64 train and 16 eval utterances of 1-3 digits (made once per
+  session)."""
+  def make(folder):
+    out = str(folder)
+    proc = run_tool(f"--source_dir={clips}", f"--output_dir={out}", "--num_train=64",
+                    "--num_eval=16", "--max_digits=3", "--gap_ms=20,60",
+                    "--eval_max_index=0", "--noise_db=30")
+    return out, proc
+  return once(tmp_path_factory, "digits", make)
 
 
 def test_tool_labels_are_the_clips_digits_and_the_split_is_by_index(digits, clips):
@@ -232,21 +235,25 @@ def test_tool_on_fsdd_keeps_the_official_test_split_apart(tmp_path):
 
 @pytest.fixture(scope="module")
 def trained(digits, tmp_path_factory):
+  """A 6-step run of the tiny speech model on that set (trained once per session)
+  -> (its Config, what train_and_evaluate returned)."""
   out, _ = digits
-  workdir = str(tmp_path_factory.mktemp("speech_run"))
-  cfg = Config(
-      workdir=workdir,
-      data=DataConfig(train_data=f"{out}/train/manifest.tsv",
-                      eval_data=f"{out}/eval/manifest.tsv", modality="audio",
-                      audio=dataclasses.replace(FEATURES, time_masks=1,
-                                                time_mask_frames=5, freq_masks=1,
-                                                freq_mask_bins=3),
-                      batch_size=8, eval_batch_size=8, bucket_boundaries="none"),
-      model=TINY_DS2, optim=OptimConfig(learning_rate=3e-3),
-      loop=LoopConfig(train_steps=6, log_every=3, eval_every=6, checkpoint_every=6,
-                      beam_width=4, num_image_samples=2))
-  config.validate(cfg, need_train=True)
-  return cfg, loop.train_and_evaluate(cfg)
+
+  def make(workdir):
+    cfg = Config(
+        workdir=str(workdir),
+        data=DataConfig(train_data=f"{out}/train/manifest.tsv",
+                        eval_data=f"{out}/eval/manifest.tsv", modality="audio",
+                        audio=dataclasses.replace(FEATURES, time_masks=1,
+                                                  time_mask_frames=5, freq_masks=1,
+                                                  freq_mask_bins=3),
+                        batch_size=8, eval_batch_size=8, bucket_boundaries="none"),
+        model=TINY_DS2, optim=OptimConfig(learning_rate=3e-3),
+        loop=LoopConfig(train_steps=6, log_every=3, eval_every=6, checkpoint_every=6,
+                        beam_width=4, num_image_samples=2))
+    config.validate(cfg, need_train=True)
+    return cfg, loop.train_and_evaluate(cfg)
+  return once(tmp_path_factory, "speech_run", make)
 
 
 def test_train_evaluates_and_checkpoints_audio(trained):
