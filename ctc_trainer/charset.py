@@ -114,6 +114,9 @@ class Charset:
   def decode(self, ids: tf.RaggedTensor) -> tf.Tensor:
     """int32 ragged [B, (L)] -> string [B]. Ids <= 0 (blank, padding) are dropped."""
     _, decode_table = self.tables()
-    ids = tf.ragged.boolean_mask(ids, ids > 0)
-    chars = tf.ragged.map_flat_values(decode_table.lookup, ids)
-    return tf.strings.reduce_join(chars, axis=-1)
+    # On the flat values and their row ids: the ragged mask and join build a graph
+    # many times this size, in every trace that decodes.
+    keep = ids.values > 0
+    chars = decode_table.lookup(tf.boolean_mask(ids.values, keep))
+    rows = tf.boolean_mask(ids.value_rowids(), keep)
+    return tf.strings.unsorted_segment_join(chars, rows, ids.nrows())

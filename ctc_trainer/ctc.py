@@ -80,11 +80,15 @@ def beam_search_decode(logits: tf.Tensor, logit_length: tf.Tensor, beam_width: i
       tf.transpose(rotated, [1, 0, 2]), logit_length, beam_width=beam_width,
       top_paths=top_paths)
   batch = tf.shape(logits)[0]
-  return [_to_ragged(d, batch) + 1 for d in decoded], scores
+  return [_to_ragged(d, batch, shift=1) for d in decoded], scores
 
 
-def _to_ragged(sparse: tf.SparseTensor, batch: tf.Tensor) -> tf.RaggedTensor:
-  # The decoders' dense_shape covers only rows up to the last non-empty one.
-  sparse = tf.SparseTensor(sparse.indices, tf.cast(sparse.values, tf.int32),
-                           tf.stack([tf.cast(batch, tf.int64), sparse.dense_shape[1]]))
-  return tf.RaggedTensor.from_sparse(sparse)
+def _to_ragged(sparse: tf.SparseTensor, batch: tf.Tensor, shift: int = 0
+               ) -> tf.RaggedTensor:
+  """A decoder's [B, L] paths (row-major, as the tf.nn decoders give them; their
+  dense_shape covers only rows up to the last non-empty one) -> ragged [B, (L)] of
+  the ids plus `shift`. From the row ids, without from_sparse's checks: they hold by
+  construction and would be ops in every decoding trace."""
+  return tf.RaggedTensor.from_value_rowids(
+      tf.cast(sparse.values, tf.int32) + shift, sparse.indices[:, 0],
+      nrows=tf.cast(batch, tf.int64), validate=False)

@@ -140,9 +140,13 @@ def to_input_units(spans: CharSpans, stride: int, input_length: tf.Tensor,
   pixels per resized column, or ms per log-mel hop. A span [first, last] covers
   input steps [first*stride, min((last+1)*stride, input_length)).
   """
-  step_size = tf.broadcast_to(tf.cast(step_size, tf.float32),
-                              tf.shape(input_length))[:, None]
-  length = tf.cast(input_length, tf.int32)[:, None]
-  start = tf.cast(spans.first * stride, tf.float32) * step_size
-  end = tf.cast(tf.minimum((spans.last + 1) * stride, length), tf.float32) * step_size
-  return start, end
+  # On the flat values, each with its row's length and step size: ragged-by-dense
+  # broadcasting would build a shape-checking graph many times this size.
+  rows = spans.first.value_rowids()
+  step_size = tf.gather(tf.broadcast_to(tf.cast(step_size, tf.float32),
+                                        tf.shape(input_length)), rows)
+  length = tf.gather(tf.cast(input_length, tf.int32), rows)
+  first, last = spans.first.flat_values, spans.last.flat_values
+  start = tf.cast(first * stride, tf.float32) * step_size
+  end = tf.cast(tf.minimum((last + 1) * stride, length), tf.float32) * step_size
+  return spans.first.with_flat_values(start), spans.last.with_flat_values(end)
