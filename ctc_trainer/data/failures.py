@@ -111,7 +111,6 @@ def guarded_map(ds: tf.data.Dataset, fn, name_of, failure: str, hint: str,
   failure, can be named by the next element to arrive. A finite stream gets an end
   marker, so that failures at its very end are found too.
   """
-  out_spec = ds.map(fn).element_spec
   finite = int(ds.cardinality()) != tf.data.INFINITE_CARDINALITY
   # (element, is_end) pairs; zip adds no function call per element, as a map would.
   tagged = tf.data.Dataset.zip((ds, tf.data.Dataset.from_tensors(False).repeat()))
@@ -140,9 +139,19 @@ def guarded_map(ds: tf.data.Dataset, fn, name_of, failure: str, hint: str,
       index, x, is_end = item
       if not finite:   # no end marker to step over
         return index, is_end, context, fn(x)
-      out = tf.cond(is_end, lambda: tf.nest.map_structure(
-          lambda spec: tf.zeros([d or 0 for d in spec.shape], spec.dtype), out_spec),
-                    lambda: fn(x))
+      # The end marker skips fn and gets zeros of fn's output structure, which the
+      # first branch's trace gives (tf.cond traces its branches in order): fn is
+      # traced once.
+      traced = []
+
+      def real():
+        traced.append(fn(x))
+        return traced[0]
+
+      def zeros():
+        return tf.nest.map_structure(
+            lambda t: tf.zeros([d or 0 for d in t.shape], t.dtype), traced[0])
+      out = tf.cond(tf.logical_not(is_end), real, zeros)
       return index, is_end, context, out
 
     return tf.data.Dataset.zip((elements, shared)).map(apply).ignore_errors()
