@@ -153,6 +153,10 @@ class Run:
   step_fns: StepFns
   # The plateau cuts' multiplier of a scheduled learning rate, when they are on.
   lr_scale: Optional[tf.Variable] = None
+  # The eval inputs built so far, each reused by every later pass over the same
+  # samples with the same options: building one traces its map functions.
+  # {options: (samples, dataset)}
+  eval_inputs: Dict[tuple, tuple] = dataclasses.field(default_factory=dict, repr=False)
 
 
 def _warm_start_source(cfg: Config) -> Optional[warmstart.Source]:
@@ -216,6 +220,13 @@ def make_iterator(run: Run, split: str, samples: sources.Source,
   see positioned_input): the highest stream position this worker has trained on
   (-1: none), restored from the checkpoint; the stream continues after it.
   options: further make_dataset arguments (limit, keep_encoded)."""
+  return iter(_make_input(run, split, samples, seen, **options))
+
+
+def _make_input(run: Run, split: str, samples: sources.Source,
+                seen: Optional[tf.Variable] = None, **options):
+  """make_iterator's dataset: a tf.data.Dataset, or a distributed dataset under a
+  strategy."""
   def make(context):
     start = None
     if seen is not None:
@@ -227,8 +238,8 @@ def make_iterator(run: Run, split: str, samples: sources.Source,
                                  input_context=context, samples=samples,
                                  start_position=start, **options)
   if not distribute.is_distributed(run.strategy):
-    return iter(make(None))
-  return iter(run.strategy.distribute_datasets_from_function(make))
+    return make(None)
+  return run.strategy.distribute_datasets_from_function(make)
 
 
 def positioned_input(run: Run, samples: sources.Source) -> bool:
@@ -267,7 +278,11 @@ def eval_batches(run: Run, samples: sources.Source, max_batches: int = 0,
   (at most max_batches when > 0), (batch, eval_step's metric sums, its decoded
   strings per decoder). options: make_dataset's limit and keep_encoded; the batch
   keeps its `encoded` bytes, which eval_step does not take."""
-  iterator = make_iterator(run, "eval", samples, **options)
+  key = tuple(sorted(options.items()))
+  built = run.eval_inputs.get(key)
+  if built is None or built[0] is not samples:
+    built = run.eval_inputs[key] = (samples, _make_input(run, "eval", samples, **options))
+  iterator = iter(built[1])
   for index in itertools.count():
     if index == max_batches > 0:
       return
