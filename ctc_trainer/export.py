@@ -85,8 +85,9 @@ INPUT_ERRORS = (tf.errors.InvalidArgumentError, host.InputError)
 class ServingModule(tf.Module):
   """Image bytes (or preprocessed inputs) in, transcriptions by one decoder out.
 
-  `serve_bytes`, `serve_features`, `serve_logits` and `preprocess` are tf.functions
-  with input signatures, traced once each; `signatures()` names the first three for the
+  `serve_bytes`, `serve_features`, `serve_logits`, `preprocess` and `transcribe`
+  (the model and decoder, which the first two call) are tf.functions with input
+  signatures, traced once each; `signatures()` names the first three for the
   SavedModel (serving_default, features, logits).
   """
 
@@ -135,11 +136,15 @@ class ServingModule(tf.Module):
                                   autograph=False)
     self.serve_bytes = tf.function(self._serve_bytes, input_signature=[bytes_spec],
                                    autograph=False)
+    inputs_spec = tf.TensorSpec([None, *pipeline.input_shape(data_cfg)], tf.float32,
+                                name="inputs")
+    length_spec = tf.TensorSpec([None], tf.int32, name="input_length")
     self.serve_features = tf.function(self._serve_features, autograph=False,
-                                      input_signature=[
-        tf.TensorSpec([None, *pipeline.input_shape(data_cfg)], tf.float32,
-                      name="inputs"),
-        tf.TensorSpec([None], tf.int32, name="input_length")])
+                                      input_signature=[inputs_spec, length_spec])
+    # The model and the decoder, traced once and called by both serve_bytes and
+    # serve_features (and saved once).
+    self.transcribe = tf.function(self._outputs, autograph=False, input_signature=[
+        inputs_spec, length_spec, tf.TensorSpec([None], tf.float32, name="step_size")])
 
   @classmethod
   def from_run(cls, run: loop.Run, top_k: Optional[int] = None,
@@ -188,11 +193,11 @@ class ServingModule(tf.Module):
     return inputs * self._input_scale, input_length, step_size
 
   def _serve_bytes(self, encoded):
-    return self._outputs(*self._preprocess_scaled(encoded))
+    return self.transcribe(*self._preprocess_scaled(encoded))
 
   def _serve_features(self, inputs, input_length):
-    return self._outputs(inputs, input_length,
-                         tf.fill(tf.shape(input_length), self._modality.step_size))
+    return self.transcribe(inputs, input_length,
+                           tf.fill(tf.shape(input_length), self._modality.step_size))
 
   def _outputs(self, inputs, input_length, step_size):
     # The model's ops reject a batch of zero images; a server may still send one.
