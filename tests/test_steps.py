@@ -19,8 +19,15 @@ def _rss_bytes():
     return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def test_each_step_traces_once_over_many_shapes():
-  _, fns = build_steps()
+@pytest.fixture(scope="module")
+def tiny_fns():
+  """The tiny model's step functions, shared by the tests that only count traces
+  and memory: each build traces for seconds."""
+  return build_steps()[1]
+
+
+def test_each_step_traces_once_over_many_shapes(tiny_fns):
+  fns = tiny_fns
   for i, width in enumerate([24, 40, 33, 64, 24, 57] * 3):
     texts = TEXTS[: 2 + i % 3]
     fns.train_step(make_batch(texts, width, seed=i))
@@ -36,9 +43,9 @@ def test_overfits_one_batch():
   assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5]), losses[::10]
 
 
-def test_eval_memory_is_flat_over_1000_calls():
+def test_eval_memory_is_flat_over_1000_calls(tiny_fns):
   """The K.ctc_decode leak: decoding in a loop must not grow the graph or RSS."""
-  _, fns = build_steps()
+  fns = tiny_fns
   batches = [make_batch(TEXTS, w, seed=w) for w in (24, 31, 40)]
   for i in range(100):
     fns.eval_step(batches[i % 3])
