@@ -20,9 +20,10 @@ from tests.helpers import (BACKGROUND, TINY_FLAGS, TinyRun, kill_children,  # no
                            load_tool, make_tiny_data, once, run_main, shared_root)
 
 # The tests' own processes run their graphs without TensorFlow's graph optimizer
-# (grappler): it rewrites each function on its first call, which is much of what a
-# test's tiny model costs, and nothing a test asserts depends on it. Child processes (the CLIs, a SavedModel
-# loaded by TensorFlow alone, multi-worker runs) and every benchmark run with it on.
+# (grappler): it rewrites each function on its first call, which adds to every test's
+# first trace, and nothing a test asserts depends on it. Child processes (the CLIs, a
+# SavedModel loaded by TensorFlow alone, multi-worker runs) and every benchmark run
+# with it on.
 tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
 
 # How long a worker waits for a job that another worker runs; each job's own child
