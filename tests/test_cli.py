@@ -11,6 +11,7 @@ import tensorflow as tf
 from PIL import Image
 
 from ctc_trainer import evaluate, loop, train
+from ctc_trainer.data import sources
 from tests.helpers import TINY_FLAGS, run_main
 
 
@@ -72,6 +73,19 @@ def test_evaluate_cli_prints_metrics(tiny_run):
           } <= set(metrics)
   assert metrics["cer"] == metrics["beam/cer"]
   assert 0 <= metrics["seq_accuracy"] <= 1 and metrics["num_seqs"] == 16
+
+
+def test_evaluations_reuse_one_eval_input_and_score_alike(restored):
+  """A second evaluation of a run iterates the eval input the first one built (not a
+  rebuilt one) and scores every sequence again, the same."""
+  run, _ = restored
+  samples = sources.load_samples(run.cfg.data, "eval", run.charset)
+  first, _, _ = loop.evaluate(run, samples)
+  built = {key: dataset for key, (_, dataset) in run.eval_inputs.items()}
+  second, _, _ = loop.evaluate(run, samples)
+  assert first == second and second["num_seqs"] == 16
+  assert run.eval_inputs.keys() == built.keys()
+  assert all(run.eval_inputs[key][1] is dataset for key, dataset in built.items())
 
 
 def test_evaluate_without_a_trained_run_fails_with_one_line(tmp_path):
