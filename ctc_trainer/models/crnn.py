@@ -11,7 +11,7 @@ import keras
 import tensorflow as tf
 
 from ctc_trainer.models.registry import register
-from ctc_trainer.models.base import ConvRNNConfig, SequenceModel
+from ctc_trainer.models.base import ConvRNNConfig, SequenceModel, batch_norm
 from ctc_trainer.options import option
 
 
@@ -35,9 +35,7 @@ class CRNN(SequenceModel):
       pool = (2, 2) if i < cfg.width_pools else (2, 1)
       self.blocks.append([
           keras.layers.Conv2D(filters, 3, padding="same", use_bias=False),
-          # Synchronized: under several replicas the statistics are of the global
-          # batch, so training matches one device (a no-op on one replica).
-          keras.layers.BatchNormalization(synchronized=True),
+          batch_norm(),
           keras.layers.ReLU(),
           keras.layers.MaxPooling2D(pool, strides=pool, padding="same"),
       ])

@@ -12,7 +12,7 @@ import keras
 import tensorflow as tf
 
 from ctc_trainer.models.registry import register
-from ctc_trainer.models.base import ConvRNNConfig, SequenceModel
+from ctc_trainer.models.base import ConvRNNConfig, SequenceModel, batch_norm
 
 _TIME_STRIDES = 2         # conv blocks that also stride over time
 _KERNEL = (5, 5)          # (time, frequency); odd, so padding can be symmetric
@@ -35,8 +35,7 @@ class DS2(SequenceModel):
       self.blocks.append((time_stride, [
           keras.layers.Conv2D(filters, _KERNEL, strides=(time_stride, 2),
                               padding="valid", use_bias=False),
-          # Synchronized, as in the CRNN: global-batch statistics under replicas.
-          keras.layers.BatchNormalization(synchronized=True),
+          batch_norm(),
           keras.layers.ReLU(),
       ]))
 
