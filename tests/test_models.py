@@ -93,12 +93,12 @@ def test_mixed_precision_keeps_logits_float32_and_batch_norm_synchronized(
 
 @pytest.mark.parametrize("cfg, input_shape", [(TINY_MODEL, (16, None, 1)),
                                               (TINY_DS2, (None, 8))])
-def test_inference_features_match_training_soon_after_the_start(cfg, input_shape):
-  # Evaluations early in a run use batch norm's moving statistics. On text-like
-  # inputs (sparse ink on a zero background) the batch variance is far below the
-  # moving variance's start value of 1; after 100 training batches the moving
-  # statistics must have caught up, or the eval CER says nothing about what training
-  # has learned (it stayed near 1 for hundreds of steps on gt4histcomment).
+def test_inference_outputs_match_training_soon_after_the_start(cfg, input_shape):
+  """Evaluations early in a run use batch norm's moving statistics. On text-like
+  inputs (sparse ink on a zero background) the batch variance is far below the
+  moving variance's start value of 1; after 100 training batches the moving
+  statistics must have caught up, or the eval CER says nothing about what training
+  has learned (it stayed near 1 for hundreds of steps on gt4histcomment)."""
   model = models.build(dataclasses.replace(cfg, dropout=0.0), 6, input_shape)
   shape = [8] + [d or 48 for d in input_shape]
   inputs = tf.cast(tf.random.stateless_uniform(shape, [1, 2]) > 0.9, tf.float32) * 0.8

@@ -27,13 +27,12 @@ def tiny_fns():
 
 
 def test_each_step_traces_once_over_many_shapes(tiny_fns):
-  fns = tiny_fns
   for i, width in enumerate([24, 40, 33, 64, 24, 57] * 3):
     texts = TEXTS[: 2 + i % 3]
-    fns.train_step(make_batch(texts, width, seed=i))
-    fns.eval_step(make_batch(texts, width, seed=i))
-  assert fns.train_step.experimental_get_tracing_count() == 1
-  assert fns.eval_step.experimental_get_tracing_count() == 1
+    tiny_fns.train_step(make_batch(texts, width, seed=i))
+    tiny_fns.eval_step(make_batch(texts, width, seed=i))
+  assert tiny_fns.train_step.experimental_get_tracing_count() == 1
+  assert tiny_fns.eval_step.experimental_get_tracing_count() == 1
 
 
 def test_overfits_one_batch():
@@ -45,15 +44,14 @@ def test_overfits_one_batch():
 
 def test_eval_memory_is_flat_over_1000_calls(tiny_fns):
   """The K.ctc_decode leak: decoding in a loop must not grow the graph or RSS."""
-  fns = tiny_fns
   batches = [make_batch(TEXTS, w, seed=w) for w in (24, 31, 40)]
   for i in range(100):
-    fns.eval_step(batches[i % 3])
+    tiny_fns.eval_step(batches[i % 3])
   rss_100 = _rss_bytes()
   for i in range(900):
-    fns.eval_step(batches[i % 3])
+    tiny_fns.eval_step(batches[i % 3])
   rss_1000 = _rss_bytes()
-  assert fns.eval_step.experimental_get_tracing_count() == 1
+  assert tiny_fns.eval_step.experimental_get_tracing_count() == 1
   assert rss_1000 <= 1.05 * rss_100, (rss_100, rss_1000)
 
 
