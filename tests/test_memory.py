@@ -73,4 +73,7 @@ def test_checkpoint_holds_indices_not_images_and_resumes_exactly(tmp_path):
   tf.train.Checkpoint(it=resumed).read(path)
   assert [next(resumed)["key"].numpy().tolist() for _ in range(3)] == expected
   assert store.nbytes == 300 * 256 * 32 * 4
-  assert size < store.nbytes / 50, (size, store.nbytes)
+  # The parallel map's in-flight examples are saved too (32 KB each; how many
+  # depends on AUTOTUNE and timing: 201,683 bytes were seen once), so the bound
+  # allows 30 of them; cache() saved all 300 (9.8 MB).
+  assert size < store.nbytes / 10, (size, store.nbytes)
