@@ -214,6 +214,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   bin_dir = ensure_calamari(FLAGS.calamari_venv)
   root = FLAGS.keep or tempfile.mkdtemp(prefix="bench_accuracy-")
+  os.makedirs(root, exist_ok=True)
   try:
     folders, train_rows, eval_rows = benchlib.split_lines(FLAGS.data_dir, FLAGS.eval_set)
     charset = os.path.join(root, "charset.txt")

@@ -92,6 +92,7 @@ def main(argv):
   except ValueError as e:
     raise app.UsageError(f"--train_lines: {e}")
   root = FLAGS.keep or tempfile.mkdtemp(prefix="bench_presets-")
+  os.makedirs(root, exist_ok=True)
   try:
     charset = os.path.join(root, "charset.txt")
     symbols = benchlib.write_charset(charset, [t for _, t in train_rows + eval_rows])
