@@ -42,6 +42,8 @@ def test_a_new_model_is_one_registration():
 # Three conv blocks pooling the width (one frame per 8 columns), with GRU cells.
 STRIDE_8 = dataclasses.replace(TINY_MODEL, conv_filters=(8, 8, 16), width_pools=3,
                                rnn_cell="gru")
+# Calamari's kind of conv stack: a bias after each conv, no batch norm.
+NO_NORM = dataclasses.replace(TINY_MODEL, conv_norm="none")
 
 
 @pytest.mark.parametrize("cfg, stride", [(TINY_MODEL, 4), (STRIDE_8, 8)])
@@ -56,7 +58,7 @@ def test_output_frames_cover_output_length(cfg, stride):
     assert int(length[1]) == 1
 
 
-@pytest.mark.parametrize("cfg", [TINY_MODEL, STRIDE_8])
+@pytest.mark.parametrize("cfg", [TINY_MODEL, STRIDE_8, NO_NORM])
 def test_logits_do_not_depend_on_batch_padding(cfg):
   """An image's logits are the same alone and padded in a wider batch, also when its
   width is not a multiple of the stride (a pool window then straddles its end)."""
@@ -69,6 +71,18 @@ def test_logits_do_not_depend_on_batch_padding(cfg):
                     input_length=tf.constant([width, 44]))
     frames = int(model.output_length(tf.constant([width]))[0])
     np.testing.assert_allclose(alone[0, :frames], batched[0, :frames], atol=1e-5)
+
+
+@pytest.mark.parametrize("cfg, input_shape", [(TINY_MODEL, (16, None, 1)),
+                                              (TINY_DS2, (None, 16))])
+def test_conv_norm_chooses_batch_norm_or_a_conv_bias(cfg, input_shape):
+  for norm, bias, norms in (("batch", False, len(cfg.conv_filters)), ("none", True, 0)):
+    model = models.build(dataclasses.replace(cfg, conv_norm=norm), 9, input_shape)
+    layers = model.feature_layers()
+    convs = [l for l in layers if isinstance(l, keras.layers.Conv2D)]
+    assert len(convs) == len(cfg.conv_filters)
+    assert all(conv.use_bias == bias for conv in convs)
+    assert sum(isinstance(l, keras.layers.BatchNormalization) for l in layers) == norms
 
 
 @pytest.mark.parametrize("name, cfg, input_shape", [

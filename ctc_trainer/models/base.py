@@ -26,6 +26,12 @@ def batch_norm() -> keras.layers.BatchNormalization:
   return keras.layers.BatchNormalization(momentum=0.9, synchronized=True)
 
 
+def conv_and_norm(filters: int, norm: str, **conv_kwargs) -> list:
+  """A Conv2D and, with norm "batch", its batch norm (the conv then needs no bias)."""
+  conv = keras.layers.Conv2D(filters, use_bias=norm == "none", **conv_kwargs)
+  return [conv, batch_norm()] if norm == "batch" else [conv]
+
+
 @dataclasses.dataclass(frozen=True)
 class ConvRNNConfig:
   """The options of a conv stack followed by bidirectional RNNs; both built-in models
@@ -34,6 +40,11 @@ class ConvRNNConfig:
       (32, 64, 128), "Filters of each conv block.",
       check=(lambda v: bool(v) and all(s.isdigit() and int(s) > 0 for s in v),
              "--conv_filters must be a comma-separated list of positive integers"))
+  conv_norm: str = option(
+      "batch", "After each conv: batch (batch norm, steadier at high learning rates) "
+      "or none (a conv bias only: on a CPU the conv stack runs about a third faster, "
+      "as in Calamari's network). Padding is zeroed after each block either way.",
+      choices=("batch", "none"))
   rnn_units: int = option(128, "Units per direction of each bidirectional RNN layer.",
                           minimum=1)
   rnn_layers: int = option(2, "Bidirectional RNN layers.", minimum=1)

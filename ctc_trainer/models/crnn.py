@@ -11,7 +11,7 @@ import keras
 import tensorflow as tf
 
 from ctc_trainer.models.registry import register
-from ctc_trainer.models.base import ConvRNNConfig, SequenceModel, batch_norm
+from ctc_trainer.models.base import ConvRNNConfig, SequenceModel, conv_and_norm
 from ctc_trainer.options import option
 
 
@@ -34,8 +34,7 @@ class CRNN(SequenceModel):
     for i, filters in enumerate(cfg.conv_filters):
       pool = (2, 2) if i < cfg.width_pools else (2, 1)
       self.blocks.append([
-          keras.layers.Conv2D(filters, 3, padding="same", use_bias=False),
-          batch_norm(),
+          *conv_and_norm(filters, cfg.conv_norm, kernel_size=3, padding="same"),
           keras.layers.ReLU(),
           keras.layers.MaxPooling2D(pool, strides=pool, padding="same"),
       ])

@@ -12,7 +12,7 @@ import keras
 import tensorflow as tf
 
 from ctc_trainer.models.registry import register
-from ctc_trainer.models.base import ConvRNNConfig, SequenceModel, batch_norm
+from ctc_trainer.models.base import ConvRNNConfig, SequenceModel, conv_and_norm
 
 _TIME_STRIDES = 2         # conv blocks that also stride over time
 _KERNEL = (5, 5)          # (time, frequency); odd, so padding can be symmetric
@@ -33,9 +33,8 @@ class DS2(SequenceModel):
     for i, filters in enumerate(cfg.conv_filters):
       time_stride = 2 if i < _TIME_STRIDES else 1
       self.blocks.append((time_stride, [
-          keras.layers.Conv2D(filters, _KERNEL, strides=(time_stride, 2),
-                              padding="valid", use_bias=False),
-          batch_norm(),
+          *conv_and_norm(filters, cfg.conv_norm, kernel_size=_KERNEL,
+                         strides=(time_stride, 2), padding="valid"),
           keras.layers.ReLU(),
       ]))
 
