@@ -18,7 +18,7 @@ exactly the same lines.
   minimum over those evaluations (each one covers the whole eval set). By default
   they decode best path (--decoder=greedy in --ctc_flags), as Calamari's validation
   and calamari-predict do: the same decoding for both, and on this CPU an
-  evaluation of the 211 lines in about 20 s instead of 60-80 s with beam search.
+  evaluation of the 208 lines in about 20 s instead of 60-80 s with beam search.
 - Calamari: `calamari-train` from its own venv (--calamari_venv; created and
   `calamari-ocr==2.3.1 tensorflow==2.15.*` installed there when it lacks
   calamari-train; never a dependency of this project) with its default network and

@@ -59,8 +59,8 @@ class DS2(SequenceModel):
       for layer in layers:
         x = layer(x, training=training and "conv" not in frozen)
       if length is not None:
-        # Batch norm moves the padding off zero; the next block would carry that
-        # into the valid frames next to it.
+        # Batch norm or a conv bias moves the padding off zero; the next block
+        # would carry that into the valid frames next to it.
         length = (length + time_stride - 1) // time_stride
         valid = tf.sequence_mask(length, tf.shape(x)[1])
         x = x * tf.cast(valid, x.dtype)[:, :, None, None]
