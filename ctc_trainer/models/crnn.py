@@ -64,8 +64,9 @@ class CRNN(SequenceModel):
       if input_length is not None:
         # Zero the padding columns before pooling: batch norm or a conv bias shifts
         # them off zero, and a pool window that straddles the end of an odd valid
-        # width, or the next conv, would carry that into valid columns. After the ReLU values are
-        # >= 0, so such a window then takes its valid column, as alone.
+        # width, or the next conv, would carry that into valid columns. After the
+        # ReLU values are >= 0, so such a window then takes its valid column, as
+        # alone.
         valid = tf.sequence_mask((input_length + stride - 1) // stride, tf.shape(x)[2])
         x = x * tf.cast(valid, x.dtype)[:, None, :, None]
       x = pool(x, training=training)
