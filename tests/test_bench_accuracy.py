@@ -83,3 +83,21 @@ def test_split_lines_subset_is_seeded_and_drawn_from_the_training_lines(tmp_path
   with pytest.raises(ValueError, match="9 training lines asked for; the training set "
                      "has 8"):
     benchlib.split_lines(str(tmp_path), "c", train_lines=9)
+
+
+def test_split_cpus_deals_equal_disjoint_groups_or_none(monkeypatch):
+  monkeypatch.setattr(benchlib.os, "sched_getaffinity", lambda pid: {3, 0, 2, 1})
+  assert benchlib.split_cpus(2) == [[0, 1], [2, 3]]
+  assert benchlib.split_cpus(1) == [[0, 1, 2, 3]]
+  # Three runs on four CPUs cannot share them equally: no pinning rather than unfair.
+  assert benchlib.split_cpus(3) == [None, None, None]
+  assert benchlib.split_cpus(5) == [None] * 5
+
+
+def test_pinned_child_runs_only_on_its_cpus():
+  cpu = sorted(benchlib.os.sched_getaffinity(0))[-1]
+  out = benchlib.subprocess.run(
+      [sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
+      preexec_fn=benchlib.pinned([cpu]), capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == f"[{cpu}]"
+  assert benchlib.pinned(None) is None

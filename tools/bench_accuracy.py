@@ -31,8 +31,9 @@ exactly the same lines.
   so the two best CERs are measured the same way.
 
 Both train under `nice` for --minutes of wall time each, side by side (--together,
-the default: the machine's load hits both alike) or one after the other; then each
-gets SIGTERM. Prints both curves and the acceptance numbers: each tool's best CER,
+the default: the machine's load hits both alike; each pinned to its own half of the
+CPUs, so the faster tool cannot take a larger share) or one after the other; then
+each gets SIGTERM. Prints both curves and the acceptance numbers: each tool's best CER,
 their ratio, and the time ctc_trainer first reached Calamari's best CER against the
 time Calamari took to reach it.
 """
@@ -135,7 +136,7 @@ class Calamari:
   seconds since its start and written to `log_path`."""
 
   def __init__(self, bin_dir: str, train: str, val: str, output_dir: str,
-               log_path: str, minutes: float):
+               log_path: str, minutes: float, cpus=None):
     self.output_dir = output_dir
     cmd = ["nice", "-n", "10", os.path.join(bin_dir, "calamari-train"),
            "--train.images", os.path.join(train, "*.png"),
@@ -154,7 +155,8 @@ class Calamari:
     self.deadline = self.started + minutes * 60
     self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                  text=True, encoding="utf-8", errors="replace",
-                                 env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+                                 env=dict(os.environ, CUDA_VISIBLE_DEVICES=""),
+                                 preexec_fn=benchlib.pinned(cpus))
     self.reader = threading.Thread(target=self._read, daemon=True)
     self.reader.start()
 
@@ -241,16 +243,23 @@ def main(argv):
     workdir = os.path.join(root, "ctc_trainer")
     cal_out = os.path.join(root, "calamari")
 
+    # Side by side, each tool gets its own half of the CPUs: unpinned, the faster
+    # one takes a larger share of the machine (docs/benchmarks.md, Part 10).
+    ctc_cpus, cal_cpus = benchlib.split_cpus(2) if FLAGS.together else (None, None)
+    where = lambda cpus: f", CPUs {','.join(map(str, cpus))}" if cpus else ""
+
     def start_ctc():
       print(f"ctc_trainer: {FLAGS.config} {' '.join(FLAGS.ctc_flags)} "
-            f"(log {workdir}.log)", flush=True)
+            f"(log {workdir}.log{where(ctc_cpus)})", flush=True)
       return benchlib.train_for(workdir, [f"--flagfile={FLAGS.config}", *data_flags,
-                                          *FLAGS.ctc_flags], FLAGS.minutes)
+                                          *FLAGS.ctc_flags], FLAGS.minutes,
+                                cpus=ctc_cpus)
 
     def start_calamari():
-      print(f"Calamari: {bin_dir}/calamari-train (log {cal_out}.log)", flush=True)
+      print(f"Calamari: {bin_dir}/calamari-train (log {cal_out}.log"
+            f"{where(cal_cpus)})", flush=True)
       return Calamari(bin_dir, cal_train, cal_eval, cal_out, cal_out + ".log",
-                      FLAGS.minutes)
+                      FLAGS.minutes, cal_cpus)
 
     if FLAGS.together:
       ctc, cal = start_ctc(), start_calamari()

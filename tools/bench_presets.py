@@ -21,7 +21,8 @@ for --minutes of wall time from its start (tracing included); then it gets SIGTE
 which saves a checkpoint after the step in progress, and its latest checkpoint is
 evaluated on the eval set (`python -m ctc_trainer.evaluate`, outside the budget).
 By default all runs train at once (--together), so that the machine's load hits
-them alike; --notogether runs them one after the other. Evaluations the flagfile
+them alike, each pinned to an equal share of the CPUs when the runs divide them
+evenly; --notogether runs them one after the other. Evaluations the flagfile
 schedules itself (--eval_every) happen inside the budget, as they would for a user.
 Prints a markdown table: steps reached, examples seen, the median of the examples/s
 the run logged, CER, WER and sequence accuracy of the primary decoder at the end,
@@ -108,11 +109,15 @@ def main(argv):
           f"{os.cpu_count()} CPUs", flush=True)
     groups = [runs] if FLAGS.together else [[run] for run in runs]
     for group in groups:
+      # Runs side by side each get their own CPUs when they divide evenly (else
+      # none is pinned): the faster run cannot take a larger share of the machine.
+      cpus = benchlib.split_cpus(len(group))
       started = [benchlib.train_for(os.path.join(root, name),
                                     [f"--flagfile={flagfile}", *data_flags, *own],
                                     FLAGS.minutes,
-                                    log_path=os.path.join(root, name, "train.log"))
-                 for name, flagfile, own in group]
+                                    log_path=os.path.join(root, name, "train.log"),
+                                    cpus=group_cpus)
+                 for (name, flagfile, own), group_cpus in zip(group, cpus)]
       for finish in started:
         finish()
     print("\n| config | steps | examples | examples/s (median logged) | CER | WER | "

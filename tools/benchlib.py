@@ -76,9 +76,31 @@ def _child_env() -> dict:
   return dict(os.environ, PYTHONPATH=REPO)
 
 
+def split_cpus(parts: int) -> List[Optional[List[int]]]:
+  """This process's CPUs dealt into `parts` equal groups, one per run started side by
+  side (each pinned to its group: runs at once then get the same share of the
+  machine, whichever is faster); [None] * parts (no pinning) when there are fewer
+  CPUs than parts or they do not divide evenly."""
+  cpus = sorted(os.sched_getaffinity(0))
+  if len(cpus) < parts or len(cpus) % parts:
+    return [None] * parts
+  size = len(cpus) // parts
+  return [cpus[i * size:(i + 1) * size] for i in range(parts)]
+
+
+def pinned(cpus: Optional[Sequence[int]]) -> Optional[Callable[[], None]]:
+  """A Popen preexec_fn that pins the child (and so all its threads; TensorFlow sizes
+  its thread pools by the CPUs it may run on) to `cpus`; None for no pinning."""
+  if not cpus:
+    return None
+  return lambda: os.sched_setaffinity(0, cpus)
+
+
 def train_for(workdir: str, flags: Sequence[str], minutes: float, nice: int = 10,
-              log_path: str = "") -> Callable[[], int]:
-  """Starts `python -m ctc_trainer.train --workdir=WORKDIR FLAGS` under `nice`, its
+              log_path: str = "", cpus: Optional[Sequence[int]] = None
+              ) -> Callable[[], int]:
+  """Starts `python -m ctc_trainer.train --workdir=WORKDIR FLAGS` under `nice` (and
+  pinned to `cpus` when given), its
   output into log_path (default WORKDIR.log) -> finish(), which waits until `minutes`
   after the start, then stops the run with SIGTERM (it saves a checkpoint after the
   step in progress) and waits for it to exit; finish() returns the seconds the run
@@ -90,7 +112,8 @@ def train_for(workdir: str, flags: Sequence[str], minutes: float, nice: int = 10
   proc = subprocess.Popen(
       ["nice", "-n", str(nice), sys.executable, "-m", "ctc_trainer.train",
        f"--workdir={workdir}", *flags],
-      cwd=REPO, env=_child_env(), stdout=log, stderr=subprocess.STDOUT)
+      cwd=REPO, env=_child_env(), stdout=log, stderr=subprocess.STDOUT,
+      preexec_fn=pinned(cpus))
   deadline = started + minutes * 60
 
   def finish() -> float:
