@@ -32,10 +32,10 @@ exactly the same lines.
 
 Both train under `nice` for --minutes of wall time each, side by side (--together,
 the default: the machine's load hits both alike; each pinned to its own half of the
-CPUs, so the faster tool cannot take a larger share) or one after the other; then
-each gets SIGTERM. Prints both curves and the acceptance numbers: each tool's best CER,
-their ratio, and the time ctc_trainer first reached Calamari's best CER against the
-time Calamari took to reach it.
+CPUs when their number is even, so the faster tool cannot take a larger share) or
+one after the other; then each gets SIGTERM. Prints both curves and the acceptance
+numbers: each tool's best CER, their ratio, and the time ctc_trainer first reached
+Calamari's best CER against the time Calamari took to reach it.
 """
 
 import glob
