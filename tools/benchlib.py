@@ -98,13 +98,12 @@ def pinned(cpus: Optional[Sequence[int]]) -> Optional[Callable[[], None]]:
 
 def train_for(workdir: str, flags: Sequence[str], minutes: float, nice: int = 10,
               log_path: str = "", cpus: Optional[Sequence[int]] = None
-              ) -> Callable[[], int]:
+              ) -> Callable[[], float]:
   """Starts `python -m ctc_trainer.train --workdir=WORKDIR FLAGS` under `nice` (and
-  pinned to `cpus` when given), its
-  output into log_path (default WORKDIR.log) -> finish(), which waits until `minutes`
-  after the start, then stops the run with SIGTERM (it saves a checkpoint after the
-  step in progress) and waits for it to exit; finish() returns the seconds the run
-  took and raises if it failed."""
+  pinned to `cpus` when given), its output into log_path (default WORKDIR.log)
+  -> finish(), which waits until `minutes` after the start, then stops the run with
+  SIGTERM (it saves a checkpoint after the step in progress) and waits for it to
+  exit; finish() returns the seconds the run took and raises if it failed."""
   log_path = log_path or workdir.rstrip("/") + ".log"
   os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
   log = open(log_path, "w")
