@@ -36,6 +36,7 @@ SOURCES = {
 DATA_FORMATS = tuple(SOURCES)
 TFRECORD_COMPRESSIONS = ("auto", "none", "gzip")
 POLICIES = ("error", "skip")
+TEXT_NORMALIZATIONS = ("NFC", "NFKC", "NFD", "NFKD", "none")
 # The Modality registry: --modality name -> "module:class" in ctc_trainer/data/, imported
 # when used, as SOURCES is. A new modality is its module plus one line here.
 MODALITIES = {
@@ -109,6 +110,12 @@ class DataConfig:
   csv_label_column: str = option("1", "CSV column of the label: a header name or "
                                  "0-based index.")
   csv_header: bool = option(False, "The CSV's first row is a header.")
+  text_normalization: str = option(
+      "NFC", "Unicode normalization of listed labels as they are read (NFC, NFKC, NFD, "
+      "NFKD or none): one spelling for a character that some transcripts write "
+      "precomposed and others as a base letter plus combining marks. TFRecord labels "
+      "are used as stored (tools/make_tfrecords.py stores them normalized).",
+      choices=TEXT_NORMALIZATIONS)
   unknown_char_policy: str = option(
       "error", "A label character missing from the charset: error (names the file, "
       "line and character) or skip the sample and count it.", choices=POLICIES)
@@ -223,6 +230,10 @@ class OptimConfig:
                              "warning, when not below --train_steps.", minimum=0)
   weight_decay: float = option(1e-4, "AdamW weight decay.")
   clip_norm: float = option(5.0, "Global gradient norm clip; 0 = off.", minimum=0)
+  confidence_penalty: float = option(
+      0.0, "Subtract this times the entropy of the output distribution, summed over a "
+      "sequence's frames, from its training loss: a penalty on over-confident frames "
+      "(e.g. a sure blank over an unfamiliar glyph). 0 = off.", minimum=0)
   lr_plateau_factor: float = option(
       1.0, "On a plateau, multiply the learning rate by this: after "
       "--lr_plateau_patience evaluations without a better CER (and again after each "

@@ -54,6 +54,17 @@ def ctc_loss(labels: tf.Tensor, label_length: tf.Tensor, logits: tf.Tensor,
   return tf.where(feasible, loss, tf.zeros_like(loss)), feasible
 
 
+def frame_entropy(logits: tf.Tensor, logit_length: tf.Tensor) -> tf.Tensor:
+  """Entropy (nats) of each frame's output distribution, summed over a sequence's
+  first logit_length frames: logits [B, T, C] (computed in float32), logit_length
+  int32 [B] -> float32 [B]."""
+  logits = tf.cast(logits, tf.float32)
+  log_probs = tf.nn.log_softmax(logits)
+  entropy = -tf.reduce_sum(tf.exp(log_probs) * log_probs, axis=-1)
+  mask = tf.sequence_mask(logit_length, tf.shape(logits)[1], dtype=tf.float32)
+  return tf.reduce_sum(entropy * mask, axis=1)
+
+
 def greedy_decode(logits: tf.Tensor, logit_length: tf.Tensor) -> tf.RaggedTensor:
   """Best path: argmax per frame, merge repeats, drop blanks.
 

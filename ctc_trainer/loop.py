@@ -205,8 +205,8 @@ def build_run(cfg: Config, for_training: bool = True) -> Run:
   step_fns = make_step_fns(
       model, optimizer, charset, strategy, distribute.distributed_spec(strategy, signature),
       global_batch_size=cfg.data.batch_size, clip_norm=cfg.optim.clip_norm,
-      beam_width=cfg.loop.beam_width, jit_compile=cfg.loop.jit_compile,
-      decoder_names=cfg.loop.decoder,
+      beam_width=cfg.loop.beam_width, confidence_penalty=cfg.optim.confidence_penalty,
+      jit_compile=cfg.loop.jit_compile, decoder_names=cfg.loop.decoder,
       frozen=cfg.warm_start.freeze if for_training else (),
       frozen_steps=cfg.warm_start.freeze_steps, decoder_config=cfg.decoding)
   return Run(cfg, charset, strategy, model, optimizer, checkpoints, step_fns, lr_scale)

@@ -88,7 +88,7 @@ def _forward(model, batch, training, frozen=()):
 
 def make_step_fns(model, optimizer, charset: Charset, strategy: tf.distribute.Strategy,
                   element_spec, global_batch_size: int, clip_norm: float,
-                  beam_width: int, jit_compile: bool = False,
+                  beam_width: int, confidence_penalty: float = 0.0, jit_compile: bool = False,
                   decoder_names: Sequence[str] = ("beam", "greedy"),
                   frozen: Sequence[str] = (), frozen_steps: int = 0,
                   decoder_config: Optional[DecoderConfig] = None) -> StepFns:
@@ -101,10 +101,11 @@ def make_step_fns(model, optimizer, charset: Charset, strategy: tf.distribute.St
   with, each at beam_width, each scored on its best path; host decoders among them
   (lm, lexicon, pattern) are built here, with decoder_config (its beam width
   replaced by beam_width), and decode eval_step's logits in StepFns.evaluate.
-  frozen: layer groups of
-  the model (SequenceModel.layer_groups) that train_step_frozen runs as in inference
-  and does not update, for the first frozen_steps steps; a second function, so
-  that each is traced once.
+  confidence_penalty: weight of the output entropy (ctc.frame_entropy) that
+  train_step subtracts from the loss it differentiates; the logged loss stays the
+  CTC loss. frozen: layer groups of the model (SequenceModel.layer_groups) that
+  train_step_frozen runs as in inference and does not update, for the first
+  frozen_steps steps; a second function, so that each is traced once.
   """
   loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
   decoder_config = dataclasses.replace(decoder_config or DecoderConfig(),
@@ -140,8 +141,12 @@ def make_step_fns(model, optimizer, charset: Charset, strategy: tf.distribute.St
         logits, logit_length = _forward(model, batch, training=True, frozen=frozen)
         loss, feasible = ctc.ctc_loss(labels, label_length, logits, logit_length,
                                       sparse_labels=cpu_only and not jit_compile)
+        objective = tf.reduce_sum(loss)
+        if confidence_penalty:
+          objective -= confidence_penalty * tf.reduce_sum(
+              ctc.frame_entropy(logits, logit_length))
         # Scaled by the global batch so that summing over replicas gives the mean.
-        scaled = tf.reduce_sum(loss) / global_batch_size
+        scaled = objective / global_batch_size
         if loss_scaling:
           scaled = optimizer.scale_loss(scaled)
       return loss, feasible, tape.gradient(scaled, variables)

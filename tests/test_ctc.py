@@ -101,3 +101,19 @@ def test_sparse_labels_give_the_dense_loss_and_gradient():
   assert dense_ok.tolist() == sparse_ok.tolist() == [True, False, True, True]
   np.testing.assert_allclose(sparse, dense, rtol=1e-5)
   np.testing.assert_allclose(sparse_grad.numpy(), dense_grad.numpy(), atol=1e-5)
+
+
+def test_frame_entropy_sums_valid_frames_only():
+  """Uniform frames have entropy ln(C), near one-hot frames about 0, and frames
+  past logit_length (padding) count for nothing, whatever they hold."""
+  num_classes = 6
+  uniform = np.zeros((7, num_classes), np.float32)
+  peaked = np.full((7, num_classes), -20.0, np.float32)
+  peaked[:, 2] = 20.0
+  mixed = np.concatenate([peaked[:4], uniform[:3]])   # 4 sure frames, 3 padding
+  logits = tf.constant(np.stack([uniform, peaked, mixed]))
+  entropy = ctc.frame_entropy(logits, tf.constant([7, 7, 4])).numpy()
+  np.testing.assert_allclose(entropy, [7 * np.log(num_classes), 0.0, 0.0], atol=1e-5)
+  np.testing.assert_allclose(
+      ctc.frame_entropy(logits, tf.constant([5, 7, 7])).numpy(),
+      [5 * np.log(num_classes), 0.0, 3 * np.log(num_classes)], atol=1e-5)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ctc_trainer import distribute
+from ctc_trainer import ctc, distribute
 
 from tests.helpers import build_steps, make_batch
 
@@ -40,6 +40,27 @@ def test_overfits_one_batch():
   batch = make_batch(TEXTS, 32)
   losses = [float(fns.train_step(batch)["loss_sum"]) for _ in range(120)]
   assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5]), losses[::10]
+
+
+def test_confidence_penalty_keeps_outputs_less_sure_and_logs_the_ctc_loss():
+  """From the same weights and batches, the penalized step logs the same CTC loss
+  at its first step (the penalty is not part of the logged loss) and trains to a
+  higher output entropy than the plain step."""
+  batch = make_batch(TEXTS, 32)
+  plain_model, plain = build_steps(learning_rate=1e-2)
+  penalized_model, penalized = build_steps(learning_rate=1e-2, confidence_penalty=0.5)
+  penalized_model.set_weights(plain_model.get_weights())
+  first = [float(fns.train_step(batch)["loss_sum"]) for fns in (plain, penalized)]
+  assert first[0] == pytest.approx(first[1], rel=1e-6)
+  for _ in range(60):
+    plain.train_step(batch)
+    penalized.train_step(batch)
+
+  def entropy(model):
+    logits = model(batch["inputs"], input_length=batch["input_length"], training=False)
+    lengths = model.output_length(batch["input_length"])
+    return float(tf.reduce_sum(ctc.frame_entropy(logits, lengths)))
+  assert entropy(penalized_model) > 1.5 * entropy(plain_model)
 
 
 def test_eval_memory_is_flat_over_1000_calls(tiny_fns):
