@@ -1,5 +1,7 @@
 """Tests for ctc_trainer.data.sources: every manifest format, policies, error messages."""
 
+import dataclasses
+import json
 import os
 
 import numpy as np
@@ -206,6 +208,27 @@ def test_unknown_character_skip_and_no_charset(tmp_path):
   result = load_samples(cfg, "train", Charset("ab"))
   assert texts(result) == ["ab"] and result.skipped == {"unknown character": 1}
   assert texts(load_samples(cfg, "train", None)) == ["ab", "ac"]
+
+
+@pytest.mark.parametrize("fmt", ["tsv", "jsonl"])
+def test_labels_are_nfc_normalized_unless_told_otherwise(tmp_path, fmt):
+  """A precomposed and a decomposed spelling of the same Greek letter (alpha with
+  psili and oxia) read as one symbol by default, and as written with 'none'."""
+  write_image(tmp_path / "a.png")
+  composed, decomposed = "\u1f04", "\u03b1\u0313\u0301"
+  if fmt == "tsv":
+    listing = write_text(tmp_path / "m.tsv", f"a.png\t{composed}x\na.png\t{decomposed}x\n")
+  else:
+    listing = write_text(tmp_path / "m.jsonl", "".join(
+        json.dumps({"path": "a.png", "text": t + "x"}) + "\n"
+        for t in (composed, decomposed)))
+  cfg = DataConfig(train_data=listing, data_format=fmt)
+  assert texts(load_samples(cfg, "train")) == [composed + "x"] * 2
+  assert Charset.from_texts(load_samples(cfg, "train").label_texts()).size == 2
+  # The charset of the normalized labels accepts the decomposed spelling.
+  load_samples(cfg, "train", Charset(composed + "x"))
+  raw = dataclasses.replace(cfg, text_normalization="none")
+  assert texts(load_samples(raw, "train")) == [composed + "x", decomposed + "x"]
 
 
 def test_everything_skipped_is_an_error(tmp_path):

@@ -13,13 +13,15 @@ and origin(name), where a named sample was listed, for error messages.
 
 Every format but tfrecord lists its samples (path, label) up front: it reads its
 listing into Samples and returns `checked(samples, ...)`, a ListedSource, which
-applies the file and label policies.
+normalizes the labels (--text_normalization) and applies the file and label
+policies.
 """
 
 import collections
 import contextlib
 import dataclasses
 import os
+import unicodedata
 from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
@@ -177,10 +179,15 @@ class ListedSource(Source):
 
 def checked(candidates: Iterable[Sample], cfg: DataConfig, charset: Optional[Charset],
             location: str, pre_skipped: Skips = ()) -> ListedSource:
-  """The listed candidates that can be used, by the missing-file, label and
-  unknown-character policies; logs one skip summary. Raises DataError when nothing
-  is listed or everything is skipped."""
+  """The listed candidates that can be used, their labels normalized by
+  cfg.text_normalization, by the missing-file, label and unknown-character
+  policies; logs one skip summary. Raises DataError when nothing is listed or
+  everything is skipped."""
   candidates = list(candidates)
+  if cfg.text_normalization != "none":
+    candidates = [dataclasses.replace(
+        s, text=unicodedata.normalize(cfg.text_normalization, s.text))
+        for s in candidates]
   if not candidates and not pre_skipped:
     raise DataError(f"{location}: no samples found (format {cfg.data_format})")
   kept: List[Sample] = []
@@ -201,7 +208,10 @@ def checked(candidates: Iterable[Sample], cfg: DataConfig, charset: Optional[Cha
       message = (f"{sample.origin}: label {sample.text!r} has characters not in the "
                  f"charset: {chars}")
       if cfg.unknown_char_policy == "error":
-        raise DataError(message + " (--unknown_char_policy=skip drops such samples)")
+        hint = (f"; labels are read {cfg.text_normalization}-normalized, "
+                "--text_normalization=none keeps them as written"
+                if cfg.text_normalization != "none" else "")
+        raise DataError(message + f" (--unknown_char_policy=skip drops such samples{hint})")
       skips.append(("unknown character", message, sample.path))
       continue
     kept.append(sample)
