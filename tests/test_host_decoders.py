@@ -204,6 +204,23 @@ def test_make_lm_cli_reads_a_manifest(tmp_path, kenlm):
   assert ran.code == 2 and "exactly one of --text, --label_manifest" in ran.err
 
 
+def test_make_lm_normalizes_text_as_the_labels_are(tmp_path):
+  """A decomposed spelling becomes the precomposed symbol the network emits (NFC, as
+  the training labels are read); --text_normalization=none keeps the marks."""
+  corpus = tmp_path / "corpus.txt"
+  corpus.write_text("\u1f04\u03b2\n\u03b1\u0313\u0301\u03b3\n", encoding="utf-8")
+  for normalization, marks in (("NFC", False), ("none", True)):
+    arpa = tmp_path / f"{normalization}.arpa"
+    ran = run_main(make_lm.main, f"--text={corpus}", "--unit=char", "--order=2",
+                   f"--text_normalization={normalization}", f"--output={arpa}",
+                   prog="tools/make_lm.py")
+    assert ran.code == 0, ran.err
+    section = arpa.read_text(encoding="utf-8").split("\\1-grams:")[1].split("\\2-grams:")[0]
+    unigrams = {line.split()[1] for line in section.splitlines() if line.strip()}
+    assert "\u1f04" in unigrams
+    assert ("\u0313" in unigrams) is marks and ("\u0301" in unigrams) is marks
+
+
 def _ambiguous_logits(charset, texts, confusions, rng):
   """Logits spelling each text, one character per frame between blanks, where each
   character of `confusions` (true -> wrong) loses to the wrong one by a little."""

@@ -7,7 +7,9 @@ Python: for --decoder=lm (ctc_trainer/decoders/lm.py).
 
 The text: --workdir's training labels (its flags.cfg says where they are; any
 --data_format), a --label_manifest (the second tab-separated column of each line), or a
---text file (one sentence per line). Lines are stripped; empty ones are skipped.
+--text file (one sentence per line). Lines are stripped; empty ones are skipped. Like
+the training labels they are Unicode-normalized by --text_normalization (NFC by
+default), so the model's tokens are the symbols the network emits.
 
 --unit=char: the tokens are a line's characters, a space written "<sp>" (lm.py's
 SPACE_TOKEN, in the vocabulary even when no line has a space, so that lm.py knows
@@ -28,6 +30,7 @@ import math
 import os
 import sys
 import time
+import unicodedata
 from typing import Dict, Iterable, List, Tuple
 
 from absl import app, flags
@@ -186,6 +189,8 @@ def read_lines(fl) -> List[str]:
     lines = f.read().splitlines()
   if fl.label_manifest:
     lines = [line.split("\t")[1] if "\t" in line else "" for line in lines]
+  if fl.text_normalization != "none":
+    lines = [unicodedata.normalize(fl.text_normalization, line) for line in lines]
   return lines
 
 
