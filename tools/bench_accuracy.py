@@ -61,8 +61,10 @@ flags.DEFINE_float("minutes", 60.0, "Wall time each tool trains.", lower_bound=0
 flags.DEFINE_bool("together", True, "Train both at once (else one after the other).")
 flags.DEFINE_string("config", "configs/printed_lines.cfg", "ctc_trainer's flagfile.")
 flags.DEFINE_list("ctc_flags", ["--eval_every=200", "--checkpoint_every=200",
-                                "--decoder=greedy"],
+                                "--keep_checkpoints=1000", "--decoder=greedy"],
                   "More flags for ctc_trainer: evaluations often enough for a curve, "
+                  "a checkpoint kept at each (with --keep, another decoder can then "
+                  "be run along the curve: tools/tune_lm.py --checkpoint=PATH), "
                   "greedy (best path) decoding as in Calamari's validation.")
 flags.DEFINE_string("calamari_venv", os.path.expanduser(
     "~/.cache/ctc_trainer/calamari-2.3.1"), "Calamari's own venv (created when it "
