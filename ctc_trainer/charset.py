@@ -6,6 +6,7 @@ ignored. A symbol is one Unicode code point; duplicates are an error.
 """
 
 import os
+import unicodedata
 from typing import Iterable, Sequence, Set
 
 import tensorflow as tf
@@ -13,6 +14,12 @@ import tensorflow as tf
 from ctc_trainer.errors import CharsetError
 
 BLANK_ID = 0
+
+
+def normalize_text(text: str, form: str) -> str:
+  """A label in Unicode normalization `form` (--text_normalization: NFC, NFKC, NFD,
+  NFKD, or 'none' for as written)."""
+  return text if form == "none" else unicodedata.normalize(form, text)
 
 
 class Charset:

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-import unicodedata
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,12 +63,14 @@ def write_manifest(path: str, rows: Sequence[Tuple[str, str]]) -> str:
 
 
 def write_charset(path: str, texts: Sequence[str]) -> int:
-  """Every character of `texts`, NFC-normalized as ctc_trainer reads labels by
-  default, -> a charset file at `path` (for --charset); returns its size. Given the
-  eval labels too, a character only the eval set has counts as an error instead of
-  stopping the run."""
-  from ctc_trainer.charset import Charset
-  charset = Charset.from_texts([unicodedata.normalize("NFC", t) for t in texts])
+  """Every character of `texts`, normalized as ctc_trainer reads labels by default
+  (--text_normalization), -> a charset file at `path` (for --charset); returns its
+  size. Given the eval labels too, a character only the eval set has counts as an
+  error instead of stopping the run."""
+  from ctc_trainer.charset import Charset, normalize_text
+  from ctc_trainer.config import DataConfig
+  form = DataConfig().text_normalization
+  charset = Charset.from_texts([normalize_text(t, form) for t in texts])
   charset.save(path)
   return charset.size
 

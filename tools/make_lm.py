@@ -30,12 +30,12 @@ import math
 import os
 import sys
 import time
-import unicodedata
 from typing import Dict, Iterable, List, Tuple
 
 from absl import app, flags
 
 from ctc_trainer import cli, config
+from ctc_trainer.charset import normalize_text
 from ctc_trainer.data import sources
 from ctc_trainer.decoders.lm import SPACE_TOKEN
 from ctc_trainer.errors import ConfigError
@@ -189,9 +189,7 @@ def read_lines(fl) -> List[str]:
     lines = f.read().splitlines()
   if fl.label_manifest:
     lines = [line.split("\t")[1] if "\t" in line else "" for line in lines]
-  if fl.text_normalization != "none":
-    lines = [unicodedata.normalize(fl.text_normalization, line) for line in lines]
-  return lines
+  return [normalize_text(line, fl.text_normalization) for line in lines]
 
 
 @cli.exit_on_user_error

@@ -21,14 +21,13 @@ import collections
 import contextlib
 import dataclasses
 import os
-import unicodedata
 from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from ctc_trainer.charset import Charset
+from ctc_trainer.charset import Charset, normalize_text
 from ctc_trainer.config import DataConfig
 from ctc_trainer.errors import DataError
 
@@ -184,10 +183,8 @@ def checked(candidates: Iterable[Sample], cfg: DataConfig, charset: Optional[Cha
   policies; logs one skip summary. Raises DataError when nothing is listed or
   everything is skipped."""
   candidates = list(candidates)
-  if cfg.text_normalization != "none":
-    candidates = [dataclasses.replace(
-        s, text=unicodedata.normalize(cfg.text_normalization, s.text))
-        for s in candidates]
+  candidates = [dataclasses.replace(s, text=normalize_text(s.text, cfg.text_normalization))
+                for s in candidates]
   if not candidates and not pre_skipped:
     raise DataError(f"{location}: no samples found (format {cfg.data_format})")
   kept: List[Sample] = []
