@@ -40,6 +40,7 @@ Calamari's best CER against the time Calamari took to reach it.
 
 import glob
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -75,6 +76,17 @@ flags.DEFINE_integer("calamari_samples_per_epoch", 1000, "Lines per Calamari epo
                      "(one validation, so one curve point, per epoch).")
 flags.DEFINE_list("calamari_flags", [], "More flags for calamari-train, e.g. "
                   "--train.batch_size=16.")
+flags.DEFINE_integer("lm_order", 0, "After training: also decode ctc_trainer's best "
+                     "checkpoint with a character n-gram LM of this order made from "
+                     "the training labels (tools/make_lm.py), its weights tuned "
+                     "(tools/tune_lm.py) on --lm_tune_lines held-out training lines; "
+                     "0: no LM.", lower_bound=0)
+flags.DEFINE_integer("lm_tune_lines", 150, "With --lm_order: this many training "
+                     "lines, drawn at random (seed 0), are held out from both tools' "
+                     "training and from the LM's text, to tune the LM weights on.",
+                     lower_bound=1)
+flags.DEFINE_list("lm_alphas", ["0.2", "0.4", "0.6", "0.8", "1"], "--lm_alpha grid.")
+flags.DEFINE_list("lm_betas", ["0", "1", "2", "3"], "--lm_beta grid.")
 flags.DEFINE_string("keep", "", "Keep the work folders under this folder (default: "
                     "a temporary one, removed).")
 FLAGS = flags.FLAGS
@@ -208,6 +220,42 @@ def calamari_best_cer(bin_dir: str, output_dir: str, eval_rows, eval_dir: str,
   return score(pairs)
 
 
+def hold_out(rows, count: int, seed: int = 0):
+  """rows -> (the rest, `count` of them drawn at random with `seed`), both in order."""
+  if count >= len(rows):
+    raise app.UsageError(f"--lm_tune_lines={count}: the training set has only "
+                         f"{len(rows)} lines")
+  held = set(random.Random(seed).sample(range(len(rows)), count))
+  return ([r for i, r in enumerate(rows) if i not in held],
+          [r for i, r in enumerate(rows) if i in held])
+
+
+def lm_cer(root: str, workdir: str, train_manifest: str, tune_manifest: str) -> dict:
+  """The user's recipe for the character LM, on ctc_trainer's best checkpoint: an
+  --lm_order-gram model of the training labels (make_lm.py), its weights picked on
+  the held-out lines (tune_lm.py), then the eval set decoded with them (evaluate)
+  -> evaluate's metrics plus the picked flagfile's path under "flagfile"."""
+  arpa = os.path.join(root, f"char{FLAGS.lm_order}.arpa")
+  flagfile = os.path.join(root, "lm.cfg")
+  run = lambda log, *cmd: subprocess.run(
+      ["nice", "-n", "10", sys.executable, *cmd], check=True, cwd=benchlib.REPO,
+      env=benchlib._child_env(), stdout=open(os.path.join(root, log), "w"),
+      stderr=subprocess.STDOUT)
+  print(f"LM: tools/make_lm.py --order={FLAGS.lm_order} on {train_manifest}; "
+        f"tools/tune_lm.py on {tune_manifest} (log {root}/tune_lm.log)", flush=True)
+  run("make_lm.log", "tools/make_lm.py", f"--label_manifest={train_manifest}",
+      "--unit=char", f"--order={FLAGS.lm_order}", f"--output={arpa}")
+  run("tune_lm.log", "tools/tune_lm.py", f"--workdir={workdir}", f"--lm_path={arpa}",
+      f"--eval_data={tune_manifest}", "--checkpoint=best", f"--lm_flagfile={flagfile}",
+      f"--alphas={','.join(FLAGS.lm_alphas)}", f"--betas={','.join(FLAGS.lm_betas)}")
+  found = benchlib.evaluate(workdir, f"--flagfile={flagfile}", which="best")
+  if "error" in found:
+    raise RuntimeError(f"evaluate with {flagfile} failed: {found['error']}")
+  with open(flagfile, encoding="utf-8") as f:
+    print("".join(f"  {line}" for line in f), end="")
+  return dict(found, flagfile=flagfile)
+
+
 def _curve_table(name: str, points, unit: str) -> None:
   print(f"\n{name}: CER against wall time (from its start)\n")
   print(f"| minutes | {unit} | CER |")
@@ -226,10 +274,14 @@ def main(argv):
   os.makedirs(root, exist_ok=True)
   try:
     folders, train_rows, eval_rows = benchlib.split_lines(FLAGS.data_dir, FLAGS.eval_set)
+    tune_rows = []
+    if FLAGS.lm_order:
+      train_rows, tune_rows = hold_out(train_rows, FLAGS.lm_tune_lines)
+      tune_manifest = benchlib.write_manifest(os.path.join(root, "tune.tsv"), tune_rows)
     charset = os.path.join(root, "charset.txt")
-    symbols = benchlib.write_charset(charset, [t for _, t in train_rows + eval_rows])
-    data_flags = ["--data_format=tsv",
-                  f"--train_data={benchlib.write_manifest(os.path.join(root, 'train.tsv'), train_rows)}",
+    symbols = benchlib.write_charset(charset, [t for _, t in train_rows + tune_rows + eval_rows])
+    train_manifest = benchlib.write_manifest(os.path.join(root, "train.tsv"), train_rows)
+    data_flags = ["--data_format=tsv", f"--train_data={train_manifest}",
                   f"--eval_data={benchlib.write_manifest(os.path.join(root, 'eval.tsv'), eval_rows)}",
                   f"--charset={charset}"]
     cal_train = os.path.join(root, "calamari_data", "train")
@@ -237,7 +289,9 @@ def main(argv):
     link_sidecar(train_rows, cal_train)
     link_sidecar(eval_rows, cal_eval)
     print(f"train: {', '.join(folders)} ({len(train_rows)} lines); eval: "
-          f"{FLAGS.eval_set} ({len(eval_rows)} lines); {symbols} symbols; "
+          f"{FLAGS.eval_set} ({len(eval_rows)} lines); "
+          f"{f'held out to tune the LM: {len(tune_rows)} lines; ' if tune_rows else ''}"
+          f"{symbols} symbols; "
           f"{FLAGS.minutes:g} minutes each, "
           f"{'side by side' if FLAGS.together else 'one after the other'}; "
           f"{os.cpu_count()} CPUs; work folder {root}", flush=True)
@@ -298,6 +352,12 @@ def main(argv):
           f"{fmt(time_ratio, '{:.2f}')} | <= 0.5 |", flush=True)
     if reach is None and cal_best is not None:
       print("ctc_trainer did not reach Calamari's best CER within the budget.")
+    if FLAGS.lm_order and ctc_best is not None:
+      found = lm_cer(root, workdir, train_manifest, tune_manifest)
+      lm_ratio = found["cer"] / cal_best if cal_best else None
+      print(f"| best checkpoint, character {FLAGS.lm_order}-gram LM (weights from "
+            f"the held-out lines) | {found['cer']:.4f} | {fmt(cal_best)} | "
+            f"{fmt(lm_ratio, '{:.2f}')} | <= 0.8 |", flush=True)
   finally:
     if not FLAGS.keep:
       shutil.rmtree(root, ignore_errors=True)
