@@ -85,6 +85,19 @@ def test_split_lines_subset_is_seeded_and_drawn_from_the_training_lines(tmp_path
     benchlib.split_lines(str(tmp_path), "c", train_lines=9)
 
 
+def test_hold_out_partitions_the_rows_in_order_and_is_seeded():
+  rows = [(f"{i}.png", f"line {i}") for i in range(20)]
+  rest, held = benchlib.hold_out(rows, 5)
+  assert len(held) == 5 and len(rest) == 15
+  assert sorted(rest + held) == sorted(rows)                  # every row, once
+  assert rest == [r for r in rows if r in rest] and held == [r for r in rows if r in held]
+  assert benchlib.hold_out(rows, 5) == (rest, held)           # seed 0 by default
+  assert {tuple(benchlib.hold_out(rows, 5, seed)[1]) for seed in range(1, 6)} - {tuple(held)}
+  for count in (0, 20):
+    with pytest.raises(ValueError, match=f"cannot hold out {count} of 20 lines"):
+      benchlib.hold_out(rows, count)
+
+
 def test_split_cpus_deals_equal_disjoint_groups_or_none(monkeypatch):
   monkeypatch.setattr(benchlib.os, "sched_getaffinity", lambda pid: {3, 0, 2, 1})
   assert benchlib.split_cpus(2) == [[0, 1], [2, 3]]

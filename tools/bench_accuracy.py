@@ -2,7 +2,7 @@
 machine, same wall budget.
 
   python tools/bench_accuracy.py --minutes=60 \
-      --data_dir=../shared/data/gt4histcomment --eval_set=Wecklein1894
+      --data_dir=../shared/data/gt4histcomment --eval_set=Wecklein1894 [--lm_order=6]
 
 The split: the training set is every commentary folder of --data_dir but --eval_set,
 the eval set is --eval_set; lines with an empty transcript are left out of both (for
@@ -30,6 +30,14 @@ exactly the same lines.
   budget) and scored with ctc_trainer.metrics, the metric of ctc_trainer's eval/cer,
   so the two best CERs are measured the same way.
 
+With --lm_order=N, --lm_tune_lines training lines (random, seed 0) are held out from
+both tools' training set first; after training, ctc_trainer's best checkpoint is
+decoded as a user would with the character LM: an N-gram model of the remaining
+training labels (tools/make_lm.py), its --lm_alpha and --lm_beta picked on the
+held-out lines (tools/tune_lm.py: on lines the model trained on, the grid is flat),
+then the eval set decoded with that pair (ctc_trainer.evaluate). Calamari decodes
+without a language model, as calamari-predict does by default.
+
 Both train under `nice` for --minutes of wall time each, side by side (--together,
 the default: the machine's load hits both alike; each pinned to its own half of the
 CPUs when their number is even, so the faster tool cannot take a larger share) or
@@ -40,7 +48,6 @@ Calamari's best CER against the time Calamari took to reach it.
 
 import glob
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -220,16 +227,6 @@ def calamari_best_cer(bin_dir: str, output_dir: str, eval_rows, eval_dir: str,
   return score(pairs)
 
 
-def hold_out(rows, count: int, seed: int = 0):
-  """rows -> (the rest, `count` of them drawn at random with `seed`), both in order."""
-  if count >= len(rows):
-    raise app.UsageError(f"--lm_tune_lines={count}: the training set has only "
-                         f"{len(rows)} lines")
-  held = set(random.Random(seed).sample(range(len(rows)), count))
-  return ([r for i, r in enumerate(rows) if i not in held],
-          [r for i, r in enumerate(rows) if i in held])
-
-
 def lm_cer(root: str, workdir: str, train_manifest: str, tune_manifest: str) -> dict:
   """The user's recipe for the character LM, on ctc_trainer's best checkpoint: an
   --lm_order-gram model of the training labels (make_lm.py), its weights picked on
@@ -276,7 +273,10 @@ def main(argv):
     folders, train_rows, eval_rows = benchlib.split_lines(FLAGS.data_dir, FLAGS.eval_set)
     tune_rows = []
     if FLAGS.lm_order:
-      train_rows, tune_rows = hold_out(train_rows, FLAGS.lm_tune_lines)
+      try:
+        train_rows, tune_rows = benchlib.hold_out(train_rows, FLAGS.lm_tune_lines)
+      except ValueError as e:
+        raise app.UsageError(f"--lm_tune_lines: {e}") from None
       tune_manifest = benchlib.write_manifest(os.path.join(root, "tune.tsv"), tune_rows)
     charset = os.path.join(root, "charset.txt")
     symbols = benchlib.write_charset(charset, [t for _, t in train_rows + tune_rows + eval_rows])

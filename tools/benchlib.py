@@ -54,6 +54,16 @@ def split_lines(data_dir: str, eval_set: str, train_lines: int = 0, seed: int = 
   return folders, train, list(labelled_lines(os.path.join(data_dir, eval_set)))
 
 
+def hold_out(rows: Sequence, count: int, seed: int = 0) -> Tuple[list, list]:
+  """rows -> (the rest, `count` of them drawn at random with `seed`), each in the
+  order of `rows`; at least one row must remain."""
+  if not 0 < count < len(rows):
+    raise ValueError(f"cannot hold out {count} of {len(rows)} lines")
+  held = set(random.Random(seed).sample(range(len(rows)), count))
+  return ([r for i, r in enumerate(rows) if i not in held],
+          [r for i, r in enumerate(rows) if i in held])
+
+
 def write_manifest(path: str, rows: Sequence[Tuple[str, str]]) -> str:
   """A tsv manifest of (image path, text) rows at `path` (absolute image paths)."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
