@@ -231,13 +231,16 @@ def lm_cer(root: str, workdir: str, train_manifest: str, tune_manifest: str) -> 
   """The user's recipe for the character LM, on ctc_trainer's best checkpoint: an
   --lm_order-gram model of the training labels (make_lm.py), its weights picked on
   the held-out lines (tune_lm.py), then the eval set decoded with them (evaluate)
-  -> evaluate's metrics plus the picked flagfile's path under "flagfile"."""
+  -> evaluate's metrics. Logs: ROOT/make_lm.log and ROOT/tune_lm.log."""
   arpa = os.path.join(root, f"char{FLAGS.lm_order}.arpa")
   flagfile = os.path.join(root, "lm.cfg")
-  run = lambda log, *cmd: subprocess.run(
-      ["nice", "-n", "10", sys.executable, *cmd], check=True, cwd=benchlib.REPO,
-      env=benchlib._child_env(), stdout=open(os.path.join(root, log), "w"),
-      stderr=subprocess.STDOUT)
+
+  def run(log_name: str, *cmd: str) -> None:
+    with open(os.path.join(root, log_name), "w") as log:
+      subprocess.run(["nice", "-n", "10", sys.executable, *cmd], check=True,
+                     cwd=benchlib.REPO, env=benchlib._child_env(), stdout=log,
+                     stderr=subprocess.STDOUT)
+
   print(f"LM: tools/make_lm.py --order={FLAGS.lm_order} on {train_manifest}; "
         f"tools/tune_lm.py on {tune_manifest} (log {root}/tune_lm.log)", flush=True)
   run("make_lm.log", "tools/make_lm.py", f"--label_manifest={train_manifest}",
@@ -250,7 +253,7 @@ def lm_cer(root: str, workdir: str, train_manifest: str, tune_manifest: str) -> 
     raise RuntimeError(f"evaluate with {flagfile} failed: {found['error']}")
   with open(flagfile, encoding="utf-8") as f:
     print("".join(f"  {line}" for line in f), end="")
-  return dict(found, flagfile=flagfile)
+  return found
 
 
 def _curve_table(name: str, points, unit: str) -> None:
