@@ -68,7 +68,10 @@ def viterbi_states(log_probs: tf.Tensor, logit_length: tf.Tensor,
   valid_state = index[None, :] < 2 * label_length[:, None] + 1
   # A character may follow the one before it directly (skipping the blank between)
   # unless it repeats it.
-  before = tf.pad(extended[:, :-2], [[0, 0], [2, 0]], constant_values=BLANK_ID)
+  # Shifts right by k states, cut back to S columns (also right when S is 1: a batch
+  # whose labelings are all empty, e.g. blank images).
+  shift = lambda x, k, fill: tf.pad(x, [[0, 0], [k, 0]], constant_values=fill)[:, :states]
+  before = shift(extended, 2, BLANK_ID)
   can_skip = (extended != BLANK_ID) & (extended != before) & (index[None, :] >= 2)
 
   alpha0 = tf.where(valid_state & (index[None, :] <= 1), emit[:, 0], _NEG)
@@ -76,9 +79,8 @@ def viterbi_states(log_probs: tf.Tensor, logit_length: tf.Tensor,
   def step(carry, inputs):
     alpha, _ = carry
     emit_t, active = inputs
-    from_prev = tf.pad(alpha[:, :-1], [[0, 0], [1, 0]], constant_values=_NEG)
-    from_skip = tf.where(can_skip, tf.pad(alpha[:, :-2], [[0, 0], [2, 0]],
-                                          constant_values=_NEG), _NEG)
+    from_prev = shift(alpha, 1, _NEG)
+    from_skip = tf.where(can_skip, shift(alpha, 2, _NEG), _NEG)
     candidates = tf.stack([alpha, from_prev, from_skip], axis=2)           # [B, S, 3]
     moved = tf.argmax(candidates, axis=2, output_type=tf.int32)
     new = tf.where(valid_state, tf.reduce_max(candidates, axis=2) + emit_t, _NEG)

@@ -117,6 +117,20 @@ def test_beam_labels_are_placed_in_order_within_the_valid_frames():
                   & (spans.confidence[row].numpy() <= 1))
 
 
+def test_a_batch_whose_labelings_are_all_empty_has_no_spans():
+  """Blank images only (every best path empty): no characters, not a shape error in
+  the alignment (it once padded its one state to two)."""
+  logits = np.full((3, 9, 5), -4.0, np.float32)
+  logits[:, :, BLANK] = 4.0
+  lengths = tf.constant([9, 4, 1])
+  empty = tf.RaggedTensor.from_row_lengths(tf.zeros([0], tf.int32), [0, 0, 0])
+  spans = positions.char_spans(tf.constant(logits), lengths, empty)
+  assert spans.first.row_lengths().numpy().tolist() == [0, 0, 0]
+  states = positions.viterbi_states(tf.nn.log_softmax(logits), lengths,
+                                    tf.zeros([3, 0], tf.int32), tf.zeros([3], tf.int32))
+  assert states.numpy().tolist() == [[0] * 9] * 3
+
+
 def test_traced_once_for_any_batch_and_length():
   fn = tf.function(positions.char_spans, input_signature=[
       tf.TensorSpec([None, None, 4]), tf.TensorSpec([None], tf.int32),
