@@ -105,6 +105,7 @@ def sidecar(run: loop.Run, fmt: str) -> dict:
   return {"format": fmt, "charset": list(run.charset.symbols), "blank": 0,
           "modality": modality.name, modality.name: modality.host_settings(),
           "time_stride": run.model.stride,
+          "blank_penalty": run.cfg.decoding.blank_penalty,
           "batch": 1 if fmt.startswith("tflite") else None}
 
 

@@ -93,9 +93,11 @@ class ServingModule(tf.Module):
 
   def __init__(self, model, charset: Charset, data_cfg: DataConfig, beam_width: int,
                top_k: Optional[int] = None, input_scale: float = 1.0,
-               decoder: str = "beam"):
+               decoder: str = "beam", blank_penalty: float = 0.0):
     """model: inputs [B, H, W, C] -> logits [B, T, charset.num_classes], with
-    `output_length`. decoder: a registered decoder's name, run at beam_width.
+    `output_length`. decoder: a registered decoder's name, run at beam_width, on
+    the logits less blank_penalty on the blank (DecoderConfig.blank_penalty; the
+    `logits` signature gives them as the model computes them).
     top_k: paths returned, None = min(DEFAULT_TOP_K, what the decoder gives).
     `input_scale` multiplies the preprocessed images; only tests set it, to break
     serving/training parity on purpose and see the gate fail."""
@@ -114,6 +116,7 @@ class ServingModule(tf.Module):
     self.model_weights = list(model.weights)
     self.decoder_name = decoder
     self.beam_width = beam_width
+    self.blank_penalty = blank_penalty
     self.top_k = top_k
     self._decoder_config = decoders.DecoderConfig(beam_width, top_paths=top_k)
     self._data = data_cfg
@@ -153,7 +156,8 @@ class ServingModule(tf.Module):
     decoder and beam width, so the export decodes exactly as evaluation does."""
     cfg = run.cfg
     return cls(run.model, run.charset, cfg.data, cfg.loop.beam_width, top_k,
-               input_scale, decoder=decoders.served(cfg.loop.decoder))
+               input_scale, decoder=decoders.served(cfg.loop.decoder),
+               blank_penalty=cfg.decoding.blank_penalty)
 
   def signatures(self) -> Dict[str, tf.types.experimental.PolymorphicFunction]:
     """The SavedModel's signatures. The functions themselves, not concrete functions:
@@ -215,6 +219,9 @@ class ServingModule(tf.Module):
 
   def _transcribe(self, inputs, input_length, step_size):
     logits = self.model(inputs, input_length=input_length, training=False)
+    # Taken off here, once, so that the character spans follow the same logits as
+    # the decoder (whose own config leaves the penalty at 0).
+    logits = decoders.penalize_blank(logits, self.blank_penalty)
     logit_length = self.model.output_length(input_length)
     paths, log_probs = self._decoder(logits, logit_length, self._decoder_config)
     texts = tf.stack([self._charset.decode(p) for p in paths], axis=1)
@@ -652,6 +659,7 @@ def export_run(run: loop.Run, step: int, export_dir: str, which: str = "latest",
       module = ServingModule.from_run(run, top_k, input_scale)
       export(module, staging)
       info = {"decoder": module.decoder_name, "beam_width": module.beam_width,
+              "blank_penalty": module.blank_penalty,
               "position_unit": module.position_unit.numpy().decode("utf-8"),
               "top_k": module.top_k, "charset_size": len(module._charset.symbols),
               "image_height": cfg.data.image_height,

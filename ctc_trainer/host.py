@@ -365,6 +365,10 @@ class Recognizer:
       return []
     features = [self.features(b) for b in blobs]
     logits = self.logits(features)
+    penalty = float(self.info.get("blank_penalty", 0.0))
+    if penalty:   # --blank_penalty of the exported run, as its decoders apply it
+      logits = [x - np.eye(1, x.shape[-1], 0, dtype=x.dtype)[0] * penalty
+                for x in logits]
     lengths = np.array([len(x) for x in logits])
     padded = np.zeros((len(logits), max(lengths.max(), 1), logits[0].shape[-1]),
                       np.float32)

@@ -70,7 +70,7 @@ def make_batch(texts, width, seed=0):
 
 def build_parts(batch_size=4, beam_width=4, learning_rate=3e-3, jit_compile=False,
                 loss_scale=False, decoder_names=("beam", "greedy"), initial_scale=2.0**15,
-                confidence_penalty=0.0):
+                confidence_penalty=0.0, decoder_config=None):
   """-> (model, optimizer, step functions) for the tiny model. loss_scale: wrap the
   optimizer in a LossScaleOptimizer whose scale starts at initial_scale."""
   model = models.build(TINY_MODEL, CHARSET.num_classes, (HEIGHT, None, 1))
@@ -83,7 +83,8 @@ def build_parts(batch_size=4, beam_width=4, learning_rate=3e-3, jit_compile=Fals
                             global_batch_size=batch_size, clip_norm=5.0,
                             beam_width=beam_width, jit_compile=jit_compile,
                             decoder_names=decoder_names,
-                            confidence_penalty=confidence_penalty)
+                            confidence_penalty=confidence_penalty,
+                            decoder_config=decoder_config)
   return model, optimizer, fns
 
 

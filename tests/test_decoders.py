@@ -32,6 +32,37 @@ def _texts(ids):
   return [t.decode() for t in CHARSET.decode(ids).numpy()]
 
 
+def _unsure(num_classes=CHARSET.num_classes):
+  """One row of 3 frames, sure blanks around a frame where the blank leads 'b' by
+  one nat: P("") = 0.73, P("b") = 0.27."""
+  logits = np.full((1, 3, num_classes), -6.0, np.float32)
+  logits[0, :, 0] = 4.0
+  b = CHARSET.encode_py("b")[0]
+  logits[0, 1, 0], logits[0, 1, b] = 1.0, 0.0
+  return tf.constant(logits), tf.constant([3], tf.int32)
+
+
+@pytest.mark.parametrize("name", ["greedy", "beam", "beam_pruned"])
+def test_blank_penalty_turns_an_unsure_blank_into_the_symbol(name):
+  logits, lengths = _unsure()
+  decode = decoders.get(name)
+  texts = {}
+  for penalty in (0.0, 2.0):
+    paths, _ = decode(logits, lengths, DecoderConfig(beam_width=4, blank_penalty=penalty))
+    texts[penalty] = _texts(paths[0])
+  assert texts == {0.0: [""], 2.0: ["b"]}
+
+
+def test_penalize_blank_shifts_the_blank_only_and_is_a_no_op_at_zero():
+  logits, _ = _unsure()
+  assert registry.penalize_blank(logits, 0.0) is logits
+  shifted = registry.penalize_blank(tf.cast(logits, tf.float16), 1.5)
+  assert shifted.dtype == tf.float16
+  np.testing.assert_allclose(logits.numpy() - shifted.numpy().astype(np.float32),
+                             np.eye(1, CHARSET.num_classes)[None] * 1.5 +
+                             np.zeros(logits.shape), atol=1e-2)
+
+
 def test_built_in_decoders_are_registered():
   assert {"greedy", "beam", "beam_pruned"} <= set(decoders.names())
   assert decoders.get("greedy").max_paths(DecoderConfig(beam_width=8)) == 1
@@ -170,6 +201,21 @@ def test_serving_module_serves_the_configured_decoder():
   with pytest.raises(ConfigError, match="--top_k=2 must be between 1 and 1"):
     export.ServingModule(model, CHARSET, DataConfig(image_height=HEIGHT),
                          beam_width=4, top_k=2, decoder="greedy")
+
+
+def test_serving_module_decodes_with_the_runs_blank_penalty():
+  """eval_step and the serving module built with the same --blank_penalty give the
+  same strings; a penalty far below zero leaves nothing but blanks."""
+  batch = make_batch(TEXTS, 40)
+  for penalty in (3.0, -50.0):
+    model, fns = build_steps(decoder_names=("greedy",),
+                             decoder_config=DecoderConfig(blank_penalty=penalty))
+    _, samples = fns.eval_step(batch)
+    module = export.ServingModule(model, CHARSET, DataConfig(image_height=HEIGHT),
+                                  beam_width=4, decoder="greedy", blank_penalty=penalty)
+    served = module.serve_features(batch["inputs"], batch["input_length"])
+    assert served["text"].numpy().tolist() == samples["greedy"].numpy().tolist()
+  assert served["text"].numpy().tolist() == [b""] * len(TEXTS)
 
 
 def test_serving_module_with_beam_pruned_matches_eval_step():

@@ -7,6 +7,7 @@ preprocessing is the training pipeline's. Skipped without the `export` extra."""
 import io
 import json
 import os
+import shutil
 import textwrap
 
 import numpy as np
@@ -143,8 +144,27 @@ def test_exports_carry_their_charset_and_host(exports, tiny_run):
     assert info["charset"] == [s for s in charset if s]
     assert info["image"] == {"height": 16, "channels": 1, "max_width": 2048}
     assert info["time_stride"] == 4 and info["format"] == fmt
+    assert info["blank_penalty"] == 0.0   # the run's --blank_penalty
     assert (folder / "ctc_host.py").read_text() == open(host.__file__).read()
     assert host.detect_format(str(folder / host.MODEL_FILES[fmt])) == fmt
+
+
+def test_host_decodes_with_the_blank_penalty_its_info_gives(exports, tiny_run, tmp_path):
+  folder = tmp_path / "export"
+  shutil.copytree(exports["onnx"], folder)
+  blobs = [open(p, "rb").read() for p, _ in tiny_run.eval_images()[:8]]
+  plain = host.load(str(folder))
+  logits = plain.logits([plain.features(b) for b in blobs])
+  info = json.loads((folder / host.INFO_FILE).read_text())
+  # Below zero: the tiny run's blank is never its best class, so only favouring it
+  # changes the output.
+  (folder / host.INFO_FILE).write_text(json.dumps(dict(info, blank_penalty=-12.0)))
+  penalized = host.load(str(folder))
+  shift = np.eye(1, logits[0].shape[-1], 0, dtype=np.float32) * -12.0
+  expected = [host.greedy_decode((x - shift)[None], [len(x)], plain.symbols)[0][0]
+              for x in logits]
+  assert [text for text, _ in penalized.transcribe(blobs)] == expected
+  assert expected != [text for text, _ in plain.transcribe(blobs)]
 
 
 def test_predict_reads_any_format(exports, served, tiny_run):

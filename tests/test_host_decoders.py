@@ -98,6 +98,21 @@ def test_pattern_mode_output_always_matches_in_full(expression):
   assert matched > 40
 
 
+
+def test_host_decoders_take_the_blank_penalty_off_first():
+  """A frame where the blank leads 'b' by one nat: the pattern decoder (any string
+  of the charset) writes nothing, and 'b' once the penalty outweighs that nat."""
+  logits = np.full((1, 3, CHARS.num_classes), -6.0, np.float32)
+  logits[0, :, 0] = 4.0
+  logits[0, 1, 0], logits[0, 1, CHARS.encode_py("b")[0]] = 1.0, 0.0
+  texts = {}
+  for penalty in (0.0, 2.0):
+    decode = _decode("pattern", CHARS, top_paths=1, pattern="[abco 1-]*",
+                     blank_penalty=penalty)
+    paths, _ = decode(logits, np.array([3], np.int32))
+    texts[penalty] = CHARS.decode_py(paths[0][0])
+  assert texts == {0.0: "", 2.0: "b"}
+
 @pytest.mark.parametrize("expression", [
     "[A-Z]{3}[0-9]{3,4}", "(?:ab|c)*d+", "x?y{2,}z", r"[\d.-]+", "a|b|", "[]a]b",
     "^ab$", r"\w\s\W"])
@@ -381,7 +396,7 @@ def test_tune_lm_grid_searches_and_writes_the_best_pair(tiny_run, tmp_path, kenl
   assert ran.code == 0, ran.err[-2000:]
   found = {}
   for line in ran.out.splitlines():
-    m = re.match(r"\[\d/2\] alpha (\S+) beta 0: cer (\S+)", line)
+    m = re.match(r"\[\d/2\] alpha (\S+) beta 0 blank_penalty 0: cer (\S+)", line)
     if m:
       found[float(m.group(1))] = float(m.group(2))
   assert len(found) == 2
@@ -389,3 +404,27 @@ def test_tune_lm_grid_searches_and_writes_the_best_pair(tiny_run, tmp_path, kenl
   flagfile = out.read_text()
   assert f"--lm_alpha={best:g}\n" in flagfile and "--decoder=lm\n" in flagfile
   assert "--lm_beta=0\n" in flagfile
+
+
+def test_tune_lm_searches_the_blank_penalty_as_evaluate_applies_it(tiny_run, tmp_path,
+                                                                    kenlm):
+  """Each penalty's CER in the grid is what evaluate gives with that penalty, and
+  the best one goes into the flagfile."""
+  labels = [label for _, label in tiny_run.eval_images()]
+  make_lm.build(labels, "char", 3, str(tmp_path / "lm.arpa"))
+  out = tmp_path / "lm.cfg"
+  ran = run_main(load_tool("tune_lm").main, f"--workdir={tiny_run.workdir}",
+                 f"--lm_path={tmp_path / 'lm.arpa'}", "--alphas=0.5", "--betas=0",
+                 "--blank_penalties=-3,0,3", f"--lm_flagfile={out}", prog="tools/tune_lm.py")
+  assert ran.code == 0, ran.err[-2000:]
+  found = {float(m.group(1)): float(m.group(2)) for m in re.finditer(
+      r"\[\d/3\] alpha 0.5 beta 0 blank_penalty (\S+): cer (\S+)", ran.out)}
+  assert sorted(found) == [-3.0, 0.0, 3.0] and len(set(found.values())) > 1
+  best = min(found, key=found.get)
+  assert f"--blank_penalty={best:g}\n" in out.read_text()
+  for penalty in (-3.0, 3.0):
+    ran = run_main(evaluate.main, f"--workdir={tiny_run.workdir}", f"--flagfile={out}",
+                   f"--blank_penalty={penalty:g}", "--json", prog="ctc_trainer.evaluate")
+    assert ran.code == 0, ran.err[-2000:]
+    assert json.loads(ran.out.splitlines()[-1])["cer"] == pytest.approx(found[penalty],
+                                                                        abs=5e-5)

@@ -32,11 +32,13 @@ exactly the same lines.
 
 With --lm_order=N, --lm_tune_lines training lines (random, seed 0) are held out from
 both tools' training set first; after training, ctc_trainer's best checkpoint is
-decoded as a user would with the character LM: an N-gram model of the remaining
-training labels (tools/make_lm.py), its --lm_alpha and --lm_beta picked on the
-held-out lines (tools/tune_lm.py: on lines the model trained on, the grid is flat),
-then the eval set decoded with that pair (ctc_trainer.evaluate). Calamari decodes
-without a language model, as calamari-predict does by default.
+decoded as a user would tune its decoding, each setting picked on the held-out lines
+(on lines the model trained on, the grids are flat) and then the eval set decoded
+with it (ctc_trainer.evaluate): greedy with the --blank_penalty of --blank_penalties
+that does best there; and with the character LM, an N-gram model of the remaining
+training labels (tools/make_lm.py), its --lm_alpha, --lm_beta and --blank_penalty
+picked by tools/tune_lm.py. Calamari decodes as calamari-predict does by default
+(greedy, no language model).
 
 Both train under `nice` for --minutes of wall time each, side by side (--together,
 the default: the machine's load hits both alike; each pinned to its own half of the
@@ -94,6 +96,9 @@ flags.DEFINE_integer("lm_tune_lines", 150, "With --lm_order: this many training 
                      lower_bound=1)
 flags.DEFINE_list("lm_alphas", ["0.2", "0.4", "0.6", "0.8", "1"], "--lm_alpha grid.")
 flags.DEFINE_list("lm_betas", ["0", "1", "2", "3"], "--lm_beta grid.")
+flags.DEFINE_list("blank_penalties", ["0", "0.5", "1", "1.5", "2", "3"],
+                  "With --lm_order: --blank_penalty values tried on the held-out "
+                  "lines, for greedy decoding and in the LM's grid.")
 flags.DEFINE_string("keep", "", "Keep the work folders under this folder (default: "
                     "a temporary one, removed).")
 FLAGS = flags.FLAGS
@@ -227,6 +232,27 @@ def calamari_best_cer(bin_dir: str, output_dir: str, eval_rows, eval_dir: str,
   return score(pairs)
 
 
+def greedy_penalty_cer(workdir: str, tune_manifest: str) -> Tuple[float, dict]:
+  """ctc_trainer's best checkpoint decoded greedily with each --blank_penalties value
+  on the held-out lines; the eval set decoded with the best of them (the first of
+  equals) -> (that penalty, evaluate's metrics)."""
+  held_out = []
+  for penalty in FLAGS.blank_penalties:
+    found = benchlib.evaluate(workdir, "--decoder=greedy", f"--blank_penalty={penalty}",
+                              f"--eval_data={tune_manifest}", which="best")
+    if "error" in found:
+      raise RuntimeError(f"evaluate --blank_penalty={penalty} failed: {found['error']}")
+    print(f"  greedy, blank penalty {penalty} on the held-out lines: cer "
+          f"{found['cer']:.4f}", flush=True)
+    held_out.append((found["cer"], float(penalty)))
+  penalty = min(held_out, key=lambda r: r[0])[1]
+  found = benchlib.evaluate(workdir, "--decoder=greedy", f"--blank_penalty={penalty:g}",
+                            which="best")
+  if "error" in found:
+    raise RuntimeError(f"evaluate --blank_penalty={penalty:g} failed: {found['error']}")
+  return penalty, found
+
+
 def lm_cer(root: str, workdir: str, train_manifest: str, tune_manifest: str) -> dict:
   """The user's recipe for the character LM, on ctc_trainer's best checkpoint: an
   --lm_order-gram model of the training labels (make_lm.py), its weights picked on
@@ -247,7 +273,8 @@ def lm_cer(root: str, workdir: str, train_manifest: str, tune_manifest: str) -> 
       "--unit=char", f"--order={FLAGS.lm_order}", f"--output={arpa}")
   run("tune_lm.log", "tools/tune_lm.py", f"--workdir={workdir}", f"--lm_path={arpa}",
       f"--eval_data={tune_manifest}", "--checkpoint=best", f"--lm_flagfile={flagfile}",
-      f"--alphas={','.join(FLAGS.lm_alphas)}", f"--betas={','.join(FLAGS.lm_betas)}")
+      f"--alphas={','.join(FLAGS.lm_alphas)}", f"--betas={','.join(FLAGS.lm_betas)}",
+      f"--blank_penalties={','.join(FLAGS.blank_penalties)}")
   found = benchlib.evaluate(workdir, f"--flagfile={flagfile}", which="best")
   if "error" in found:
     raise RuntimeError(f"evaluate with {flagfile} failed: {found['error']}")
@@ -356,10 +383,16 @@ def main(argv):
     if reach is None and cal_best is not None:
       print("ctc_trainer did not reach Calamari's best CER within the budget.")
     if FLAGS.lm_order and ctc_best is not None:
+      penalty, found = greedy_penalty_cer(workdir, tune_manifest)
+      print(f"| best checkpoint, greedy, blank penalty {penalty:g} (picked on the "
+            f"held-out lines) | {found['cer']:.4f} | {fmt(cal_best)} | "
+            f"{fmt(found['cer'] / cal_best if cal_best else None, '{:.2f}')} | "
+            "<= 0.8 |", flush=True)
       found = lm_cer(root, workdir, train_manifest, tune_manifest)
       lm_ratio = found["cer"] / cal_best if cal_best else None
       print(f"| best checkpoint, character {FLAGS.lm_order}-gram LM (weights from "
-            f"the held-out lines) | {found['cer']:.4f} | {fmt(cal_best)} | "
+            f"the held-out lines, as is its blank penalty) | {found['cer']:.4f} | "
+            f"{fmt(cal_best)} | "
             f"{fmt(lm_ratio, '{:.2f}')} | <= 0.8 |", flush=True)
   finally:
     if not FLAGS.keep:

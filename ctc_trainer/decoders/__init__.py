@@ -19,7 +19,8 @@ the logits eval_step returns, predict on the SavedModel's `logits` signature.
 """
 
 from ctc_trainer.decoders.registry import (Decoder, DecoderConfig, HostDecoder,  # noqa: F401
-                                           get, graph_names, names, register,
+                                           get, graph_names, names, penalize_blank,
+                                           register,
                                            register_host, served)
 
 from ctc_trainer.decoders import greedy  # noqa: E402,F401  (registers itself)

@@ -191,4 +191,4 @@ def check(config: DecoderConfig) -> None:
 @register_host("lm", check=check)
 def build(charset, config: DecoderConfig) -> search.HostSearch:
   return search.HostSearch(make_scorer(charset, config), charset.num_classes,
-                           config.beam_width, config.top_paths)
+                           config.beam_width, config.top_paths, config.blank_penalty)

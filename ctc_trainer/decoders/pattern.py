@@ -319,4 +319,4 @@ def check(config: DecoderConfig) -> None:
 def build(charset, config: DecoderConfig) -> search.HostSearch:
   scorer = PatternScorer(compile_pattern(config.pattern), charset.symbols)
   return search.HostSearch(scorer, charset.num_classes, config.beam_width,
-                           config.top_paths)
+                           config.top_paths, config.blank_penalty)

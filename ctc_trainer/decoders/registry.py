@@ -6,6 +6,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from ctc_trainer.charset import BLANK_ID
 from ctc_trainer.errors import ConfigError
 from ctc_trainer.options import option
 
@@ -25,6 +26,13 @@ class DecoderConfig:
   (lm, lexicon, pattern), which the others ignore. The option fields are flags."""
   beam_width: int = option(10, "Beam width of the eval decoders.", minimum=1)
   top_paths: int = 1
+  blank_penalty: float = option(
+      0.0, "Subtracted from the blank's logit before any decoder runs (greedy, beam, "
+      "lm, ...): > 0 makes the decoder write its best guess where the model is "
+      "unsure between a symbol and nothing, as on a typeface or voice it has not "
+      "seen (deletions become substitutions, some of them right); < 0 the other "
+      "way. Pick it on held-out lines (tools/tune_lm.py --blank_penalties, or "
+      "evaluate with a few values); eval loss is not affected.")
   lm_path: str = option(
       "", "--decoder=lm: an ARPA (or KenLM binary) language model, of characters or "
       "words (tools/make_lm.py writes one from training labels).", path=True)
@@ -64,7 +72,8 @@ class Decoder:
     if not 1 <= config.top_paths <= self.max_paths(config):
       raise ValueError(f"decoder {self.name!r} gives 1 to {self.max_paths(config)} "
                        f"paths, not {config.top_paths}")
-    return self.decode(logits, logit_length, config)
+    return self.decode(penalize_blank(logits, config.blank_penalty), logit_length,
+                       config)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +89,15 @@ class HostDecoder:
 
   def max_paths(self, config: DecoderConfig) -> int:
     return config.beam_width
+
+
+def penalize_blank(logits: tf.Tensor, penalty: float) -> tf.Tensor:
+  """logits [..., C] with `penalty` subtracted from the blank's (class BLANK_ID);
+  the same tensor when penalty is 0. Graph-pure; dtype kept."""
+  if not penalty:
+    return logits
+  shift = tf.one_hot(BLANK_ID, tf.shape(logits)[-1], on_value=penalty, dtype=tf.float32)
+  return logits - tf.cast(shift, logits.dtype)
 
 
 _DECODERS: Dict[str, object] = {}

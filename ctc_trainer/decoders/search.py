@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from ctc_trainer.charset import BLANK_ID
-from ctc_trainer.decoders import beam_pruned
+from ctc_trainer.decoders import beam_pruned, registry
 
 NEG_INF = -math.inf
 # A symbol is tried at a frame only where its log probability reaches this.
@@ -68,13 +68,16 @@ class HostSearch:
   """
 
   def __init__(self, scorer: Scorer, num_classes: int, beam_width: int,
-               top_paths: int = 1):
+               top_paths: int = 1, blank_penalty: float = 0.0):
+    """blank_penalty: DecoderConfig.blank_penalty, taken off the blank's logit
+    before anything else."""
     self.scorer, self.beam_width, self.top_paths = scorer, beam_width, top_paths
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, num_classes], tf.float32),
                                   tf.TensorSpec([None], tf.int32)], autograph=False)
     def prune(logits, logit_length):
-      return beam_pruned.prune(logits, logit_length, min_classes=top_paths)
+      return beam_pruned.prune(registry.penalize_blank(logits, blank_penalty),
+                               logit_length, min_classes=top_paths)
     self._prune = prune
 
   def reduce(self, logits: np.ndarray, logit_length: np.ndarray) -> Reduced:
