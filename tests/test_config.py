@@ -130,8 +130,8 @@ def test_models_register_their_config_and_modality():
   assert models.modality_of(DS2Config()) == "audio"
 
 
-@pytest.mark.parametrize("preset", ["base_ocr", "printed_lines", "handwriting_lines",
-                                    "short_codes", "demo_ocr"])
+@pytest.mark.parametrize("preset", ["base_ocr", "printed_lines", "printed_lines_deep",
+                                    "handwriting_lines", "short_codes", "demo_ocr"])
 def test_each_ocr_preset_is_a_valid_config_whose_model_builds(preset, tmp_path):
   """A preset with only data flags added parses to a valid config, carries the header
   a user reads (purpose, run command, expected result), and its model turns an
